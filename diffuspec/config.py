@@ -1,0 +1,65 @@
+"""Engine configuration: every knob, its default and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("diffuspec", "ar", "ar-drafter", "prompt-lookup")
+DRAFT_SAMPLING = ("point-mass", "proposal")
+
+
+class DiffuSpecError(ValueError):
+    """Bad input or a bad model pair. The message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class DiffuSpecConfig:
+    """Knobs of the speculative loop.
+
+    The paper's ADL values (k in [20, 30], delta 10) suit a 7B drafter on a 32B target; the defaults here suit
+    the small embedded pair, whose drafts stay accepted for fewer tokens.
+    """
+
+    mode: str = "diffuspec"  # "diffuspec" | "ar" (target alone) | "ar-drafter" | "prompt-lookup"
+    draft_length: int | None = None  # a fixed k; None lets ADL choose
+    k_min: int = 4
+    k_max: int = 16
+    adl_delta: float = 4.0
+    adl_rho: float = 0.5
+    cps: bool = True  # False: per-position argmax path
+    cps_beam_width: int = 3
+    cps_tau: float = 0.8
+    cps_max_candidates: int = 15
+    cps_lambda: float = 0.5
+    ngram_order: int = 3  # the CPS causal proxy: a token n-gram model learnt from prompt + output
+    denoising_steps: int = 1  # S; the paper found S = 1 fastest
+    logits_shift: bool | None = None  # Dream-style shifted drafter logits; None: True for model_type "dream"
+    drafter_prefix_cache: bool = False  # reuse the drafter's context KV (approximate, lossless anyway)
+    # At temperature > 0: "point-mass" verifies the deterministic CPS/argmax path with p(x) acceptance;
+    # "proposal" samples the draft from the drafter's marginals and applies the Leviathan min(1, p/q) rule.
+    draft_sampling: str = "point-mass"
+    prompt_lookup_max_ngram: int = 3
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise DiffuSpecError(message)
+
+        need(self.mode in MODES, f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
+        need(
+            self.draft_sampling in DRAFT_SAMPLING,
+            f"draft_sampling {self.draft_sampling!r} is unknown: use one of {', '.join(DRAFT_SAMPLING)}",
+        )
+        need(1 <= self.k_min <= self.k_max, f"need 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}")
+        need(self.draft_length is None or self.draft_length >= 1, "draft_length must be >= 1 (or None for ADL)")
+        need(0.0 < self.adl_rho <= 1.0, f"adl_rho must be in (0, 1], got {self.adl_rho}")
+        need(0.0 < self.cps_tau <= 1.0, f"cps_tau must be in (0, 1], got {self.cps_tau}")
+        need(0.0 <= self.cps_lambda <= 1.0, f"cps_lambda must be in [0, 1], got {self.cps_lambda}")
+        need(self.cps_beam_width >= 1 and self.cps_max_candidates >= 1, "CPS beam width and candidates must be >= 1")
+        need(self.denoising_steps >= 1, f"denoising_steps must be >= 1, got {self.denoising_steps}")
+        need(
+            self.draft_sampling != "proposal" or self.denoising_steps == 1,
+            "draft_sampling='proposal' needs denoising_steps=1: after several unmasking passes a position's "
+            "distribution depends on later positions, so the Leviathan rule would not be exact. "
+            "Use draft_sampling='point-mass' instead.",
+        )

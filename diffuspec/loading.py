@@ -1,0 +1,98 @@
+"""Loading a model pair by hub id or local path, or the embedded demo pair shipped in the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import DiffuSpecError
+
+EMBEDDED_DIR = Path(__file__).parent / "demo"
+EMBEDDED = {role: EMBEDDED_DIR / role for role in ("target", "drafter", "ar_drafter")}
+
+
+@dataclass
+class LoadedModels:
+    target: PreTrainedModel
+    drafter: PreTrainedModel | None
+    ar_drafter: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def embedded_paths() -> dict[str, str]:
+    """Paths of the embedded demo pair (target, diffusion drafter, AR drafter)."""
+    missing = [str(p) for p in EMBEDDED.values() if not (p / "config.json").exists()]
+    if missing:
+        raise DiffuSpecError(
+            f"the embedded demo models are missing ({', '.join(missing)}): reinstall diffuspec from a full "
+            "clone, or rebuild them with `diffuspec train-demo`"
+        )
+    return {role: str(path) for role, path in EMBEDDED.items()}
+
+
+def _load_model(
+    path: str, *, device: str | None, dtype, device_map, trust_remote_code: bool
+) -> PreTrainedModel:
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError:  # e.g. Dream registers only AutoModel (needs trust_remote_code=True)
+        model = AutoModel.from_pretrained(path, **kwargs)
+    if device_map is None:
+        model = model.to(device or default_device())
+    return model.eval()
+
+
+def _same_tokenizer(path: str, reference: PreTrainedTokenizerBase, role: str) -> None:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):  # no tokenizer files beside the weights: nothing to compare
+        return
+    if tokenizer.get_vocab() != reference.get_vocab():
+        raise DiffuSpecError(
+            f"the {role} at {path} uses a different tokenizer from the target ({len(tokenizer)} vs "
+            f"{len(reference)} tokens, or the same size with different ids): speculative decoding needs one "
+            f"shared vocabulary. Pick a {role} trained with the target's tokenizer."
+        )
+
+
+def load_models(
+    target: str | None = None,
+    drafter: str | None = None,
+    *,
+    ar_drafter: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModels:
+    """Load target, drafter(s) and the target's tokenizer; check that the tokenizers agree."""
+    if target is None:
+        if drafter is not None or ar_drafter is not None:
+            raise DiffuSpecError("a drafter was given without a target: pass target=... too")
+        paths = embedded_paths()
+        target, drafter, ar_drafter = paths["target"], paths["drafter"], paths["ar_drafter"]
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    roles = {"drafter": drafter, "AR drafter": ar_drafter}
+    for role, path in roles.items():
+        if path is not None:
+            _same_tokenizer(path, tokenizer, role)
+    device = str(device) if device is not None else None
+    load = dict(device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    return LoadedModels(
+        target=_load_model(target, **load),
+        drafter=_load_model(drafter, **load) if drafter else None,
+        ar_drafter=_load_model(ar_drafter, **load) if ar_drafter else None,
+        tokenizer=tokenizer,
+    )
