@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from .aio import aiterate
 from .config import DiffuSpecConfig, DiffuSpecError
 from .draft_length import ADLState, adl_update, generated_length
 from .drafters import ARDrafter, Draft, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
@@ -44,6 +45,26 @@ class Generation:
     token_ids: list[int]
     finish_reason: str  # "eos" | "length" | "stop"
     stats: DecodingStats
+
+
+class _Collected:
+    """Folds a stream of step events into one Generation."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.last: StepEvent | None = None
+
+    def add(self, event: StepEvent) -> None:
+        self.text.append(event.text)
+        self.token_ids += event.token_ids
+        self.last = event
+
+    def generation(self) -> Generation:
+        return Generation("".join(self.text), self.token_ids, self.last.finish_reason, self.last.stats)
+
+
+_DEFAULTS = dict(max_new_tokens=256, temperature=0.0, top_k=None, top_p=None, stop=None, seed=None, mode=None)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,21 @@ def _fit_vocab(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
     if x.shape[-1] >= size:
         return x[..., :size]
     return torch.nn.functional.pad(x, (0, size - x.shape[-1]), value=fill)
+
+
+def resolve_mask_token(
+    tokenizer: PreTrainedTokenizerBase, drafter: PreTrainedModel, mask_token_id: int | None = None
+) -> int:
+    """The drafter's mask token: given explicitly, else the tokenizer's, else the drafter config's."""
+    for candidate in (mask_token_id, tokenizer.mask_token_id, getattr(drafter.config, "mask_token_id", None)):
+        if candidate is not None:
+            if not 0 <= candidate < _vocab_size(drafter):
+                raise DiffuSpecError(f"mask token id {candidate} is outside the drafter's vocabulary")
+            return candidate
+    raise DiffuSpecError(
+        "the drafter has no mask token: neither the tokenizer (mask_token) nor the drafter's config "
+        "(mask_token_id) names one. Pass mask_token_id=<id of the drafter's [MASK] token>."
+    )
 
 
 class DiffuSpec:
@@ -163,6 +199,11 @@ class DiffuSpec:
             mask_token_id=self._mask_token_id,
         )
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this engine can run (those whose drafter it has)."""
+        return tuple(self._drafters)
+
     # ----- set-up checks -------------------------------------------------------------------------------
 
     def _eos_ids(self) -> frozenset[int]:
@@ -201,7 +242,7 @@ class DiffuSpec:
                 shifted = getattr(model.config, "model_type", "") == "dream"
             drafters["diffuspec"] = MaskedDiffusionDrafter(
                 model,
-                self._resolve_mask_token(model),
+                resolve_mask_token(self.tokenizer, model, self._mask_token_id),
                 shifted=shifted,
                 denoising_steps=cfg.denoising_steps,
                 prefix_cache=cfg.drafter_prefix_cache,
@@ -210,21 +251,6 @@ class DiffuSpec:
             self._check_pair_model(self._ar_drafter_model, "AR drafter")
             drafters["ar-drafter"] = ARDrafter(self._ar_drafter_model)
         return drafters
-
-    def _resolve_mask_token(self, model: PreTrainedModel) -> int:
-        for candidate in (
-            self._mask_token_id,
-            self.tokenizer.mask_token_id,
-            getattr(model.config, "mask_token_id", None),
-        ):
-            if candidate is not None:
-                if not 0 <= candidate < _vocab_size(model):
-                    raise DiffuSpecError(f"mask token id {candidate} is outside the drafter's vocabulary")
-                return candidate
-        raise DiffuSpecError(
-            "the drafter has no mask token: neither the tokenizer (mask_token) nor the drafter's config "
-            "(mask_token_id) names one. Pass mask_token_id=<id of the drafter's [MASK] token>."
-        )
 
     def _require_mode(self, mode: str) -> Drafter | None:
         if mode not in self._drafters:
@@ -290,11 +316,10 @@ class DiffuSpec:
         mode: str | None = None,
     ) -> Generation:
         """Generate a continuation of ``prompt`` (text, or token ids used as they are)."""
-        text, token_ids, event = [], [], None
+        collected = _Collected()
         for event in self.stream(prompt, max_new_tokens, temperature, top_k, top_p, stop, seed, mode):
-            text.append(event.text)
-            token_ids += event.token_ids
-        return Generation("".join(text), token_ids, event.finish_reason, event.stats)
+            collected.add(event)
+        return collected.generation()
 
     def stream(
         self,
@@ -311,6 +336,20 @@ class DiffuSpec:
         the iterator early stops generation and frees the engine."""
         request = self._prepare(prompt, max_new_tokens, temperature, top_k, top_p, stop, seed, mode)
         return self._decode(request)
+
+    async def astream(self, prompt: str | Sequence[int], **kwargs: Any) -> AsyncIterator[StepEvent]:
+        """``stream`` for async code: generation runs in a worker thread, the event loop keeps running, and
+        leaving the ``async for`` early (or cancelling) stops generation before the next step."""
+        request = self._prepare(prompt, **{**_DEFAULTS, **kwargs})
+        async for event in aiterate(lambda: self._decode(request)):
+            yield event
+
+    async def agenerate(self, prompt: str | Sequence[int], **kwargs: Any) -> Generation:
+        """``generate`` for async code (see ``astream``)."""
+        collected = _Collected()
+        async for event in self.astream(prompt, **kwargs):
+            collected.add(event)
+        return collected.generation()
 
     def _clock(self) -> float:
         if self.device.type == "cuda":  # time what the GPU did, not what was queued

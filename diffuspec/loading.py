@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +97,29 @@ def load_models(
         ar_drafter=_load_model(ar_drafter, **load) if ar_drafter else None,
         tokenizer=tokenizer,
     )
+
+
+_SHARED: dict[tuple, object] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(
+    target: str | None = None,
+    drafter: str | None = None,
+    *,
+    ar_drafter: str | None = None,
+    device: str | None = None,
+    **config: object,
+):
+    """One engine per distinct (models, device, config), loaded on first use and shared by every wrapper
+    that asks for the same: building a wrapper stays cheap, and the weights are loaded once."""
+    from .config import DiffuSpecConfig
+    from .engine import DiffuSpec
+
+    key = (target, drafter, ar_drafter, device, tuple(sorted(config.items())))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = DiffuSpec.from_pretrained(
+                target, drafter, ar_drafter=ar_drafter, device=device, config=DiffuSpecConfig(**config)
+            )
+        return _SHARED[key]

@@ -85,7 +85,8 @@ def prune_lattice(
     m_max = min(max_candidates, logprobs.shape[-1])
     top_logprobs, top_tokens = logprobs.topk(m_max, dim=-1)
     mass_before = top_logprobs.exp().cumsum(dim=-1) - top_logprobs.exp()
-    keep = (mass_before < tau).sum(dim=-1)  # m_i: candidates needed to reach tau (at least 1)
+    # m_i: candidates needed to reach tau (at least 1); the slack absorbs float rounding of the mass
+    keep = (mass_before < tau - 1e-6).sum(dim=-1)
     eos = sorted(set(eos_token_ids))
     eos_logprobs = logprobs[:, eos].tolist() if eos else [[] for _ in range(logprobs.shape[0])]
     lattice: Lattice = []

@@ -1,0 +1,110 @@
+"""The ``diffuspec`` command: generate, train-demo, align (and bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import MODES, DiffuSpecConfig, DiffuSpecError
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .engine import DiffuSpec
+
+    config = DiffuSpecConfig(mode=args.mode, cps=not args.no_cps, draft_length=args.draft_length)
+    engine = DiffuSpec.from_pretrained(
+        args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device, config=config
+    )
+    if args.json:
+        out = engine.generate(args.prompt, args.max_new_tokens, args.temperature, stop=args.stop, seed=args.seed)
+        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
+                          "stats": out.stats.summary()}, indent=2))
+        return
+    event = None
+    for event in engine.stream(args.prompt, args.max_new_tokens, args.temperature, stop=args.stop, seed=args.seed):
+        print(event.text, end="", flush=True)
+    s = event.stats
+    print(
+        f"\n\n[{args.mode}] {s.new_tokens} tokens in {s.steps} steps, {s.tokens_per_second:.1f} tokens/s, "
+        f"MAT {s.mean_accepted_tokens:.2f}, acceptance {s.acceptance_rate:.0%}, finish: {event.finish_reason}",
+        file=sys.stderr,
+    )
+
+
+def _train_demo(args: argparse.Namespace) -> None:
+    from .loading import EMBEDDED_DIR, default_device
+    from .training import PRESETS, train_demo
+
+    out = Path(args.out) if args.out else EMBEDDED_DIR
+    metrics = train_demo(out, PRESETS[args.preset], args.device or default_device())
+    print(json.dumps({k: metrics[k] for k in ("validation_loss", "greedy_acceptance_before_alignment",
+                                              "greedy_acceptance_after_alignment")}, indent=2))
+    print(f"saved to {out}")
+
+
+def _align(args: argparse.Namespace) -> None:
+    from .training import align
+
+    result = align(args.target, args.drafter, args.prompts, args.out, steps=args.steps, block=args.block,
+                   lr=args.lr, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, device=args.device,
+                   mask_token_id=args.mask_token_id)
+    print(json.dumps(result, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffuspec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text (the embedded demo pair unless --target is given)")
+    gen.add_argument("prompt")
+    gen.add_argument("--target", help="hub id or local path of the AR target")
+    gen.add_argument("--drafter", help="hub id or local path of the diffusion drafter")
+    gen.add_argument("--ar-drafter", help="hub id or local path of an AR draft model (mode ar-drafter)")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gen.add_argument("--mode", choices=MODES, default="diffuspec")
+    gen.add_argument("--no-cps", action="store_true", help="per-position argmax instead of path search")
+    gen.add_argument("--draft-length", type=int, help="fixed draft length k (default: ADL)")
+    gen.add_argument("--device")
+    gen.add_argument("--json", action="store_true", help="print the Generation with its stats as JSON")
+    gen.set_defaults(run=_generate)
+
+    demo = sub.add_parser("train-demo", help="rebuild the embedded demo pair from scratch")
+    demo.add_argument("--out", help="output folder (default: the package's embedded demo folder)")
+    demo.add_argument("--preset", choices=["demo", "tiny"], default="demo")
+    demo.add_argument("--device")
+    demo.set_defaults(run=_train_demo)
+
+    al = sub.add_parser("align", help="streak-distil a diffusion drafter towards an AR verifier")
+    al.add_argument("--target", required=True)
+    al.add_argument("--drafter", required=True)
+    al.add_argument("--prompts", required=True, help="text file (a prompt per line) or JSON lines")
+    al.add_argument("--out", required=True)
+    al.add_argument("--steps", type=int, default=400)
+    al.add_argument("--block", type=int, default=16, help="continuation length (use the engine's k_max)")
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--batch-size", type=int, default=16)
+    al.add_argument("--prompt-tokens", type=int, default=64)
+    al.add_argument("--mask-token-id", type=int)
+    al.add_argument("--device")
+    al.set_defaults(run=_align)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except DiffuSpecError as error:
+        print(f"diffuspec: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""Training: the embedded demo pair, and drafter alignment (SpecDiff-2 streak distillation) for any pair.
+
+``train_demo`` rebuilds everything from the running interpreter's own standard library: corpus, byte-level BPE
+tokenizer, AR target, masked-diffusion drafter (then aligned to the target), a same-size AR drafter distilled
+from the target (the fair classic-speculative baseline), evaluation and model cards. Seeded and deterministic
+on a given machine and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sysconfig
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+EOS_TOKEN, MASK_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|mask|>", "<|pad|>"
+SKIPPED_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages"}
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that decides the demo pair. ``PRESETS["demo"]`` is what ships."""
+
+    seed: int = 0
+    corpus_bytes: int = 8_000_000  # of standard-library source, whole files in sorted order
+    heldout_every: int = 10  # a file is held out when crc32(its relative path) % heldout_every == 0
+    vocab_size: int = 2048
+    context: int = 512  # the models' context window
+    seq_len: int = 128
+    batch_size: int = 16
+    target: ModelSize = ModelSize(hidden=256, layers=6, heads=4, ffn=768)
+    drafter: ModelSize = ModelSize(hidden=128, layers=3, heads=4, ffn=512)
+    target_steps: int = 1500
+    drafter_steps: int = 1500
+    lr: float = 3e-3
+    align_prompts: int = 4096  # prompts whose target continuations the drafters are aligned / distilled on
+    align_block: int = 16  # continuation length = the engine's k_max
+    align_steps: int = 800
+    align_lr: float = 1e-3
+    eval_prompts: int = 16
+    eval_new_tokens: int = 96
+
+
+PRESETS = {
+    "demo": DemoRecipe(),
+    # Every stage end to end in about a minute: the smoke test's recipe.
+    "tiny": DemoRecipe(
+        corpus_bytes=300_000, heldout_every=3, vocab_size=384, context=256, seq_len=64, batch_size=8,
+        target=ModelSize(64, 2, 2, 128), drafter=ModelSize(32, 1, 2, 64),
+        target_steps=60, drafter_steps=60, lr=5e-3, align_prompts=64, align_block=8, align_steps=40,
+        eval_prompts=4, eval_new_tokens=32,
+    ),
+}
+
+
+# ----- corpus and tokenizer -----------------------------------------------------------------------------
+
+
+def stdlib_corpus(max_bytes: int, heldout_every: int) -> tuple[list[str], list[str], list[str]]:
+    """(train texts, held-out texts, relative paths used): the interpreter's own ``*.py`` sources, sorted by
+    path, tests excluded, whole files until ``max_bytes``; held-out by a hash of the path."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if not SKIPPED_DIRS & set(p.relative_to(root).parts))
+    train, heldout, used, total = [], [], [], 0
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if total + len(text) > max_bytes:
+            break
+        total += len(text)
+        rel = path.relative_to(root).as_posix()
+        used.append(rel)
+        (heldout if zlib.crc32(rel.encode()) % heldout_every == 0 else train).append(text)
+    return train, heldout, used
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with EOS, mask and pad tokens; ``save_pretrained`` makes it ``AutoTokenizer``-loadable."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, MASK_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token=EOS_TOKEN, mask_token=MASK_TOKEN, pad_token=PAD_TOKEN,
+        model_max_length=None,
+    )
+
+
+def token_stream(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> torch.Tensor:
+    """All texts as one token sequence, each file ended by EOS."""
+    ids: list[int] = []
+    for encoded in tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []:
+        ids += encoded + [tokenizer.eos_token_id]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def random_windows(stream: torch.Tensor, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, stream.numel() - length, (n,), generator=generator)
+    return torch.stack([stream[s : s + length] for s in starts.tolist()])
+
+
+# ----- models -------------------------------------------------------------------------------------------
+
+
+def _special_ids(tokenizer) -> dict:
+    return dict(
+        vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None, tie_word_embeddings=True,
+    )
+
+
+def build_ar_model(size: ModelSize, tokenizer, context: int) -> LlamaForCausalLM:
+    """A Llama-architecture causal LM (the target, and the AR drafter baseline)."""
+    config = LlamaConfig(
+        hidden_size=size.hidden, intermediate_size=size.ffn, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, num_key_value_heads=size.heads, max_position_embeddings=context,
+        **_special_ids(tokenizer),
+    )
+    return LlamaForCausalLM(config)
+
+
+def build_diffusion_model(size: ModelSize, tokenizer, context: int) -> Gemma3ForCausalLM:
+    """A native bidirectional transformer (Gemma3 with ``use_bidirectional_attention``), unshifted logits."""
+    config = Gemma3TextConfig(
+        hidden_size=size.hidden, intermediate_size=size.ffn, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, num_key_value_heads=size.heads, head_dim=size.hidden // size.heads,
+        max_position_embeddings=context, use_bidirectional_attention=True,
+        layer_types=["full_attention"] * size.layers, mask_token_id=tokenizer.mask_token_id,
+        **_special_ids(tokenizer),
+    )
+    return Gemma3ForCausalLM(config)
+
+
+# ----- objectives ---------------------------------------------------------------------------------------
+
+
+def causal_lm_loss(model: PreTrainedModel, tokens: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=tokens, labels=tokens).loss
+
+
+def masked_diffusion_loss(
+    model: PreTrainedModel, tokens: torch.Tensor, mask_id: int, generator: torch.Generator
+) -> torch.Tensor:
+    """MDLM/LLaDA objective: t ~ U(0, 1) per sequence, mask each token with probability t, cross-entropy on
+    the masked tokens weighted 1/t. Half the rows mask only a suffix block (the prefix stays clean), the
+    shape of a drafting call."""
+    b, n = tokens.shape
+    t = torch.rand(b, 1, generator=generator).clamp_min(1e-3)
+    masked = torch.rand(b, n, generator=generator) < t
+    block = torch.randint(1, n // 2, (b, 1), generator=generator)
+    suffix_only = torch.rand(b, 1, generator=generator) < 0.5
+    masked &= ~suffix_only | (torch.arange(n) >= n - block)
+    masked[:, -1] |= ~masked.any(dim=1)  # at least one masked token per row
+    inputs = tokens.masked_fill(masked.to(tokens.device), mask_id)
+    logits = model(input_ids=inputs).logits
+    ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+    weight = masked.to(ce.device) / t.to(ce.device)
+    return (ce * weight).sum() / (b * n)
+
+
+def streak_loss(
+    model: PreTrainedModel, prefix: torch.Tensor, continuation: torch.Tensor, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SpecDiff-2 streak distillation. The drafter sees ``prefix`` + g masks and should put probability on
+    the verifier's own continuation x_1..x_g. Returns (loss, expected accepted streak
+    E = sum_m prod_{j<=m} q_j). The loss is the paper's stable variant: -sum_j stopgrad(prod_{i<j} q_i) log q_j,
+    plus a small plain term (0.1 log q_j) so late positions keep learning while early ones still fail."""
+    g = continuation.shape[1]
+    masks = torch.full_like(continuation, mask_id)
+    logits = model(input_ids=torch.cat([prefix, masks], dim=1)).logits[:, -g:]
+    log_q = logits.float().log_softmax(-1).gather(-1, continuation[..., None]).squeeze(-1)
+    streak = log_q.cumsum(dim=1).exp()  # prod_{j<=m} q_j
+    reach = torch.cat([torch.ones_like(streak[:, :1]), streak[:, :-1]], dim=1).detach()  # prod_{i<j} q_i
+    loss = -((reach + 0.1) * log_q).sum(dim=1).mean() / g
+    return loss, streak.sum(dim=1).mean().detach()
+
+
+def fit(
+    model: PreTrainedModel,
+    loss_fn: Callable[[int], torch.Tensor],
+    steps: int,
+    lr: float,
+    desc: str,
+) -> list[float]:
+    """AdamW with warm-up and cosine decay; ``loss_fn(step)`` builds and scores its own batch."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
+    losses = []
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for step in bar:
+        loss = loss_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def greedy_continuations(target: PreTrainedModel, prompts: torch.Tensor, length: int, batch: int = 64) -> torch.Tensor:
+    """The verifier's own greedy continuations of equal-length prompts ([n, P] -> [n, length])."""
+    out = []
+    for rows in tqdm(prompts.split(batch), desc="target continuations", leave=False):
+        generated = target.generate(
+            rows, attention_mask=torch.ones_like(rows), do_sample=False, max_new_tokens=length,
+            min_new_tokens=length, pad_token_id=target.config.pad_token_id,
+        )
+        out.append(generated[:, rows.shape[1] :])
+    return torch.cat(out)
+
+
+def align_drafter(
+    drafter: PreTrainedModel,
+    prompts: torch.Tensor,
+    continuations: torch.Tensor,
+    mask_id: int,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    min_block: int,
+    generator: torch.Generator,
+) -> tuple[list[float], list[float]]:
+    """Streak-distil ``drafter`` towards the verifier that wrote ``continuations``; returns (losses, streaks).
+    Each batch uses a random block length in [min_block, g], as ADL will ask for."""
+    streaks: list[float] = []
+    g = continuations.shape[1]
+
+    def step_loss(step: int) -> torch.Tensor:
+        rows = torch.randint(0, prompts.shape[0], (batch_size,), generator=generator)
+        block = int(torch.randint(min_block, g + 1, (1,), generator=generator))
+        device = drafter.device
+        loss, streak = streak_loss(drafter, prompts[rows].to(device), continuations[rows, :block].to(device), mask_id)
+        streaks.append(streak.item())
+        return loss
+
+    losses = fit(drafter, step_loss, steps, lr, "align drafter (streak distillation)")
+    return losses, streaks
+
+
+# ----- evaluation ---------------------------------------------------------------------------------------
+
+
+def evaluate_pair(engine, prompts: Sequence[str], new_tokens: int) -> dict[str, dict[str, float]]:
+    """Greedy MAT and tokens per step of each available drafting variant on ``prompts``; every output is
+    checked against the target's own greedy output."""
+    variants = {
+        "diffuspec": (engine, "diffuspec"),
+        "diffuspec-no-cps": (engine.with_config(cps=False), "diffuspec"),
+        "ar-drafter": (engine, "ar-drafter"),
+    }
+    references = [engine.generate(p, new_tokens, mode="ar").token_ids for p in prompts]
+    results = {}
+    for name, (variant, mode) in variants.items():
+        if mode not in variant.modes:
+            continue
+        steps = accepted = tokens = 0
+        for prompt, reference in zip(prompts, references):
+            out = variant.generate(prompt, new_tokens, mode=mode)
+            if out.token_ids != reference:
+                raise RuntimeError(f"{name} differs from the target's greedy output on {prompt[:40]!r}")
+            steps += out.stats.steps
+            accepted += out.stats.accepted_tokens
+            tokens += out.stats.new_tokens
+        results[name] = {"mat": accepted / steps, "tokens_per_step": tokens / steps}
+    return results
+
+
+def plot_losses(curves: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2))
+    for ax, (name, values) in zip(axes, curves.items()):
+        window = max(1, len(values) // 50)
+        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        ax.plot(values, alpha=0.3, color="tab:blue")
+        ax.plot(smooth, color="tab:blue")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----- the demo pair, end to end ------------------------------------------------------------------------
+
+
+def _model_card(role: str, title: str, model: PreTrainedModel, facts: dict) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    lines = [
+        "---", "library_name: transformers", "license: apache-2.0", "tags: [diffuspec, speculative-decoding]", "---",
+        f"# diffuspec embedded demo: {title}", "",
+        f"- role: {role}", f"- architecture: `{type(model).__name__}` ({model.config.model_type}), "
+        f"{params / 1e6:.2f} M parameters, float32 safetensors",
+    ]
+    lines += [f"- {key}: {value}" for key, value in facts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def train_demo(out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str = "cpu") -> dict:
+    """Rebuild the embedded demo pair into ``out_dir`` (target/, drafter/, ar_drafter/, metrics, plots)."""
+    from .config import DiffuSpecConfig
+    from .engine import DiffuSpec
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    print("[1/7] corpus and tokenizer")
+    train_texts, heldout_texts, files = stdlib_corpus(recipe.corpus_bytes, recipe.heldout_every)
+    tokenizer = train_tokenizer(train_texts, recipe.vocab_size)
+    mask_id = tokenizer.mask_token_id
+    train_stream, heldout_stream = token_stream(tokenizer, train_texts), token_stream(tokenizer, heldout_texts)
+
+    def batch() -> torch.Tensor:
+        return random_windows(train_stream, recipe.batch_size, recipe.seq_len, gen).to(device)
+
+    curves: dict[str, list[float]] = {}
+    print("[2/7] target (causal LM)")
+    target = build_ar_model(recipe.target, tokenizer, recipe.context).to(device)
+    curves["target: causal LM loss"] = fit(target, lambda s: causal_lm_loss(target, batch()), recipe.target_steps, recipe.lr, "target")
+    print("[3/7] diffusion drafter (masked diffusion)")
+    drafter = build_diffusion_model(recipe.drafter, tokenizer, recipe.context).to(device)
+    curves["drafter: masked-diffusion loss"] = fit(
+        drafter, lambda s: masked_diffusion_loss(drafter, batch(), mask_id, gen), recipe.drafter_steps, recipe.lr, "drafter"
+    )
+    print("[4/7] AR drafter (causal LM)")
+    ar_drafter = build_ar_model(recipe.drafter, tokenizer, recipe.context).to(device)
+    curves["AR drafter: causal LM loss"] = fit(
+        ar_drafter, lambda s: causal_lm_loss(ar_drafter, batch()), recipe.drafter_steps, recipe.lr, "AR drafter"
+    )
+
+    print("[5/7] the target's own continuations; acceptance before alignment")
+    prompt_len = recipe.seq_len // 2
+    prompts = random_windows(train_stream, recipe.align_prompts, prompt_len, gen).to(device)
+    continuations = greedy_continuations(target, prompts, recipe.align_block)
+    eval_prompts = [
+        tokenizer.decode(w) for w in random_windows(heldout_stream, recipe.eval_prompts, prompt_len, gen).tolist()
+    ]
+    config = DiffuSpecConfig(k_max=recipe.align_block)
+    engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter)
+    before = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens)
+
+    print("[6/7] align the drafter (streak distillation); distil the AR drafter on the same continuations")
+    curves["drafter alignment: streak loss"], streaks = align_drafter(
+        drafter, prompts, continuations, mask_id, steps=recipe.align_steps, lr=recipe.align_lr,
+        batch_size=recipe.batch_size, min_block=min(4, recipe.align_block), generator=gen,
+    )
+    curves["drafter alignment: expected streak"] = streaks
+    sequences = torch.cat([prompts, continuations], dim=1)
+    labels = sequences.clone()
+    labels[:, :prompt_len] = -100  # learn the continuation only
+
+    def distil_loss(step: int) -> torch.Tensor:
+        rows = torch.randint(0, sequences.shape[0], (recipe.batch_size,), generator=gen)
+        return ar_drafter(input_ids=sequences[rows], labels=labels[rows]).loss
+
+    curves["AR drafter distillation: loss"] = fit(ar_drafter, distil_loss, recipe.align_steps, recipe.align_lr, "AR drafter distil")
+
+    print("[7/7] evaluation, model cards, plots")
+    engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter)
+    after = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens)
+    val_gen = torch.Generator().manual_seed(recipe.seed + 1)
+    val = random_windows(heldout_stream, 64, recipe.seq_len, val_gen).to(device)
+    with torch.no_grad():
+        val_loss = {
+            "target": causal_lm_loss(target, val).item(),
+            "drafter": masked_diffusion_loss(drafter, val, mask_id, val_gen).item(),
+            "ar_drafter": causal_lm_loss(ar_drafter, val).item(),
+        }
+    metrics = {
+        "recipe": asdict(recipe),
+        "corpus": {"files": len(files), "train_tokens": train_stream.numel(), "heldout_tokens": heldout_stream.numel()},
+        "validation_loss": val_loss,
+        "greedy_acceptance_before_alignment": before,
+        "greedy_acceptance_after_alignment": after,
+        "eval": {"prompts": len(eval_prompts), "new_tokens": recipe.eval_new_tokens, "engine_config": asdict(config)},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common = {
+        "corpus": f"CPython {sysconfig.get_python_version()} standard-library sources ({len(files)} files, tests "
+        f"excluded, {train_stream.numel()} training tokens; 1 file in {recipe.heldout_every} held out by path hash)",
+        "tokenizer": f"byte-level BPE, {len(tokenizer)} tokens, EOS {EOS_TOKEN}, mask {MASK_TOKEN}",
+        "training command": "`diffuspec train-demo` (seed %d; see diffuspec/training.py DemoRecipe)" % recipe.seed,
+    }
+    acceptance = (
+        f"greedy MAT on {len(eval_prompts)} held-out prompts x {recipe.eval_new_tokens} tokens: "
+        f"{before['diffuspec']['mat']:.2f} before alignment, {after['diffuspec']['mat']:.2f} after (CPS + ADL)"
+    )
+    parts = {
+        "target": (target, "the AR target (verifier)", {"validation loss (causal LM, held out)": f"{val_loss['target']:.3f}"}),
+        "drafter": (drafter, "the masked-diffusion drafter, aligned to the target", {
+            "objective": "masked diffusion (t ~ U(0,1), 1/t-weighted CE), then SpecDiff-2 streak distillation",
+            "logits": "unshifted (LLaDA style): a masked position's logits predict it",
+            "validation loss (masked diffusion, held out)": f"{val_loss['drafter']:.3f}",
+            "acceptance": acceptance,
+        }),
+        "ar_drafter": (ar_drafter, "a same-size AR drafter distilled from the target (baseline)", {
+            "validation loss (causal LM, held out)": f"{val_loss['ar_drafter']:.3f}",
+            "acceptance": f"greedy MAT {after.get('ar-drafter', {}).get('mat', float('nan')):.2f} (mode ar-drafter)",
+        }),
+    }
+    for role, (model, title, facts) in parts.items():
+        path = out_dir / role
+        model.to("cpu").save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        (path / "README.md").write_text(_model_card(role, title, model, {**common, **facts}))
+    (out_dir / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in eval_prompts))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_losses(curves, out_dir / "training_curves.png")
+    return metrics
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line) or JSON lines with "prompt", "text" or "turns" (Spec-Bench)."""
+    prompts = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            row = json.loads(line)
+            prompts.append(row.get("prompt") or row.get("text") or row["turns"][0])
+        else:
+            prompts.append(line)
+    return prompts
+
+
+def align(
+    target_path: str,
+    drafter_path: str,
+    prompts_path: str,
+    out_dir: str,
+    *,
+    steps: int = 400,
+    block: int = 16,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    prompt_tokens: int = 64,
+    device: str | None = None,
+    mask_token_id: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Streak-distil any diffusion drafter towards any AR verifier with the same tokenizer, from the verifier's
+    own greedy continuations of ``prompts``; saves the aligned drafter to ``out_dir``."""
+    from .config import DiffuSpecError
+    from .engine import resolve_mask_token
+    from .loading import load_models
+
+    models = load_models(target_path, drafter_path, device=device)
+    mask_id = resolve_mask_token(models.tokenizer, models.drafter, mask_token_id)
+    gen = torch.Generator().manual_seed(seed)
+    # Equal-length prompts batch without padding: keep each prompt's last ``prompt_tokens`` tokens.
+    encoded = [ids[-prompt_tokens:] for ids in models.tokenizer(read_prompts(prompts_path))["input_ids"]]
+    encoded = [ids for ids in encoded if len(ids) == prompt_tokens]
+    if not encoded:
+        raise DiffuSpecError(f"no prompt in {prompts_path} has {prompt_tokens} tokens: lower --prompt-tokens")
+    prompts = torch.tensor(encoded, device=models.target.device)
+    continuations = greedy_continuations(models.target, prompts, block)
+    losses, streaks = align_drafter(
+        models.drafter, prompts, continuations, mask_id, steps=steps, lr=lr, batch_size=batch_size,
+        min_block=min(4, block), generator=gen,
+    )
+    out = Path(out_dir)
+    models.drafter.save_pretrained(out)
+    models.tokenizer.save_pretrained(out)
+    plot_losses({"streak loss": losses, "expected streak": streaks}, out / "alignment_curves.png")
+    return {"prompts": len(encoded), "first_streak": streaks[0], "last_streak": streaks[-1]}
