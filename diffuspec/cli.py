@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from .config import MODES, DiffuSpecConfig, DiffuSpecError
@@ -39,7 +38,7 @@ def _train_demo(args: argparse.Namespace) -> None:
     from .training import PRESETS, train_demo
 
     out = Path(args.out) if args.out else EMBEDDED_DIR
-    metrics = train_demo(out, PRESETS[args.preset], args.device or default_device())
+    metrics = train_demo(out, PRESETS[args.preset], args.device or default_device(), reuse_target=args.reuse_target)
     print(json.dumps({k: metrics[k] for k in ("validation_loss", "greedy_acceptance_before_alignment",
                                               "greedy_acceptance_after_alignment")}, indent=2))
     print(f"saved to {out}")
@@ -50,8 +49,31 @@ def _align(args: argparse.Namespace) -> None:
 
     result = align(args.target, args.drafter, args.prompts, args.out, steps=args.steps, block=args.block,
                    lr=args.lr, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, device=args.device,
-                   mask_token_id=args.mask_token_id)
+                   mask_token_id=args.mask_token_id, logits_shift=args.logits_shift)
     print(json.dumps(result, indent=2))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import default_methods, markdown_table, run_benchmark, write_results
+    from .engine import DiffuSpec
+    from .loading import EMBEDDED_DIR
+    from .training import read_prompts
+
+    engine = DiffuSpec.from_pretrained(args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device)
+    source = args.spec_bench or args.prompts or (EMBEDDED_DIR / "prompts.jsonl")
+    prompts = read_prompts(source)[: args.limit]
+    methods = default_methods(engine)
+    if args.methods:
+        unknown = set(args.methods) - set(methods)
+        if unknown:
+            raise DiffuSpecError(f"unknown methods {sorted(unknown)}: choose from {', '.join(methods)}")
+        methods = {name: methods[name] for name in ["ar", *args.methods] if name in methods}
+    results = run_benchmark(engine, prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats, methods=methods)
+    results["settings"]["prompt_source"] = str(source)
+    results["settings"]["command"] = "diffuspec " + " ".join(sys.argv[1:])
+    write_results(results, Path(args.out))
+    print(markdown_table(results))
+    print(f"results, table and plots in {args.out}/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="output folder (default: the package's embedded demo folder)")
     demo.add_argument("--preset", choices=["demo", "tiny"], default="demo")
     demo.add_argument("--device")
+    demo.add_argument("--reuse-target", action="store_true",
+                      help="keep a target already in --out if it was trained with the same recipe")
     demo.set_defaults(run=_train_demo)
 
     al = sub.add_parser("align", help="streak-distil a diffusion drafter towards an AR verifier")
@@ -91,8 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--batch-size", type=int, default=16)
     al.add_argument("--prompt-tokens", type=int, default=64)
     al.add_argument("--mask-token-id", type=int)
+    al.add_argument("--logits-shift", action=argparse.BooleanOptionalAction, default=None,
+                    help="Dream-style shifted drafter logits (default: from the drafter's config)")
     al.add_argument("--device")
     al.set_defaults(run=_align)
+    bench = sub.add_parser("bench", help="measure every method side by side (tokens/s, MAT, time split, memory)")
+    bench.add_argument("--target")
+    bench.add_argument("--drafter")
+    bench.add_argument("--ar-drafter")
+    bench.add_argument("--prompts", help="prompt file (default: the demo pair's held-out prompts)")
+    bench.add_argument("--spec-bench", help="a Spec-Bench question.jsonl (first turn of each question)")
+    bench.add_argument("--limit", type=int, help="use only the first N prompts")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=2)
+    bench.add_argument("--methods", nargs="+", help="subset of methods (the AR reference always runs)")
+    bench.add_argument("--device")
+    bench.add_argument("--out", default="bench-results")
+    bench.set_defaults(run=_bench)
     return parser
 
 

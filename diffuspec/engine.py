@@ -114,6 +114,15 @@ def resolve_mask_token(
     )
 
 
+def resolve_logits_shift(drafter: PreTrainedModel, logits_shift: bool | None = None) -> bool:
+    """Whether the drafter's logits are Dream-style shifted: as given, else as its config records
+    (``diffuspec_shifted_logits``), else true for Dream checkpoints."""
+    if logits_shift is not None:
+        return logits_shift
+    recorded = getattr(drafter.config, "diffuspec_shifted_logits", None)
+    return recorded if recorded is not None else getattr(drafter.config, "model_type", "") == "dream"
+
+
 class DiffuSpec:
     """Lossless speculative decoding of ``target`` with a one-pass diffusion ``drafter``.
 
@@ -200,6 +209,11 @@ class DiffuSpec:
         )
 
     @property
+    def ar_drafter_model(self) -> PreTrainedModel | None:
+        """The AR draft model behind ``mode="ar-drafter"``, if any."""
+        return self._ar_drafter_model
+
+    @property
     def modes(self) -> tuple[str, ...]:
         """The modes this engine can run (those whose drafter it has)."""
         return tuple(self._drafters)
@@ -237,13 +251,10 @@ class DiffuSpec:
             drafters["diffuspec"] = model
         elif model is not None:
             self._check_pair_model(model, "drafter")
-            shifted = cfg.logits_shift
-            if shifted is None:
-                shifted = getattr(model.config, "model_type", "") == "dream"
             drafters["diffuspec"] = MaskedDiffusionDrafter(
                 model,
                 resolve_mask_token(self.tokenizer, model, self._mask_token_id),
-                shifted=shifted,
+                shifted=resolve_logits_shift(model, cfg.logits_shift),
                 denoising_steps=cfg.denoising_steps,
                 prefix_cache=cfg.drafter_prefix_cache,
             )

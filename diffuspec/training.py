@@ -54,8 +54,10 @@ class DemoRecipe:
     target: ModelSize = ModelSize(hidden=256, layers=6, heads=4, ffn=768)
     drafter: ModelSize = ModelSize(hidden=128, layers=3, heads=4, ffn=512)
     target_steps: int = 1500
-    drafter_steps: int = 1500
+    drafter_steps: int = 1500  # causal pre-training of both drafters (the same budget)
     lr: float = 3e-3
+    adapt_steps: int = 1000  # masked-diffusion adaptation of the diffusion drafter (Dream recipe)
+    adapt_lr: float = 1e-3
     align_prompts: int = 4096  # prompts whose target continuations the drafters are aligned / distilled on
     align_block: int = 16  # continuation length = the engine's k_max
     align_steps: int = 800
@@ -70,7 +72,7 @@ PRESETS = {
     "tiny": DemoRecipe(
         corpus_bytes=300_000, heldout_every=3, vocab_size=384, context=256, seq_len=64, batch_size=8,
         target=ModelSize(64, 2, 2, 128), drafter=ModelSize(32, 1, 2, 64),
-        target_steps=60, drafter_steps=60, lr=5e-3, align_prompts=64, align_block=8, align_steps=40,
+        target_steps=60, drafter_steps=60, lr=5e-3, adapt_steps=40, align_prompts=64, align_block=8, align_steps=40,
         eval_prompts=4, eval_new_tokens=32,
     ),
 }
@@ -149,16 +151,30 @@ def build_ar_model(size: ModelSize, tokenizer, context: int) -> LlamaForCausalLM
     return LlamaForCausalLM(config)
 
 
-def build_diffusion_model(size: ModelSize, tokenizer, context: int) -> Gemma3ForCausalLM:
-    """A native bidirectional transformer (Gemma3 with ``use_bidirectional_attention``), unshifted logits."""
+def build_diffusion_model(size: ModelSize, tokenizer, context: int, shifted: bool = False) -> Gemma3ForCausalLM:
+    """A native bidirectional transformer (Gemma3 with ``use_bidirectional_attention``). ``shifted`` is recorded
+    in the config (``diffuspec_shifted_logits``) so the engine reads its logits the right way."""
     config = Gemma3TextConfig(
         hidden_size=size.hidden, intermediate_size=size.ffn, num_hidden_layers=size.layers,
         num_attention_heads=size.heads, num_key_value_heads=size.heads, head_dim=size.hidden // size.heads,
         max_position_embeddings=context, use_bidirectional_attention=True,
+        # Without a causal mask, order comes from RoPE alone: Gemma3's global-layer theta (1e6) barely rotates
+        # over a few hundred positions, and a small model then reads its context as a bag of words.
+        rope_parameters={kind: {"rope_type": "default", "rope_theta": 10_000.0} for kind in ("full_attention", "sliding_attention")},
+        query_pre_attn_scalar=size.hidden // size.heads,
         layer_types=["full_attention"] * size.layers, mask_token_id=tokenizer.mask_token_id,
+        diffuspec_shifted_logits=shifted,
         **_special_ids(tokenizer),
     )
     return Gemma3ForCausalLM(config)
+
+
+def set_bidirectional(model: Gemma3ForCausalLM, bidirectional: bool) -> None:
+    """Switch a Gemma3 model between causal and bidirectional attention (Dream's AR-to-diffusion adaptation
+    starts from a causal model)."""
+    model.config.use_bidirectional_attention = bidirectional
+    for layer in model.model.layers:
+        layer.self_attn.is_causal = not bidirectional
 
 
 # ----- objectives ---------------------------------------------------------------------------------------
@@ -168,28 +184,33 @@ def causal_lm_loss(model: PreTrainedModel, tokens: torch.Tensor) -> torch.Tensor
     return model(input_ids=tokens, labels=tokens).loss
 
 
+def _block_logits(logits: torch.Tensor, start: int, end: int, shifted: bool) -> torch.Tensor:
+    """The logits that predict positions [start, end): the same positions, or one earlier when shifted."""
+    return logits[:, start - 1 : end - 1] if shifted else logits[:, start:end]
+
+
 def masked_diffusion_loss(
-    model: PreTrainedModel, tokens: torch.Tensor, mask_id: int, generator: torch.Generator
+    model: PreTrainedModel, tokens: torch.Tensor, mask_id: int, generator: torch.Generator, shifted: bool = False
 ) -> torch.Tensor:
-    """MDLM/LLaDA objective: t ~ U(0, 1) per sequence, mask each token with probability t, cross-entropy on
+    """MDLM/LLaDA objective: t ~ U(0.05, 1) per sequence, mask each token with probability t, cross-entropy on
     the masked tokens weighted 1/t. Half the rows mask only a suffix block (the prefix stays clean), the
-    shape of a drafting call."""
+    shape of a drafting call. ``shifted``: Dream style, position i's logits predict token i + 1."""
     b, n = tokens.shape
-    t = torch.rand(b, 1, generator=generator).clamp_min(1e-3)
+    t = 0.05 + 0.95 * torch.rand(b, 1, generator=generator)  # t >= 0.05 bounds the 1/t weight's variance
     masked = torch.rand(b, n, generator=generator) < t
     block = torch.randint(1, n // 2, (b, 1), generator=generator)
     suffix_only = torch.rand(b, 1, generator=generator) < 0.5
     masked &= ~suffix_only | (torch.arange(n) >= n - block)
+    masked[:, 0] = False  # the first token is always context (a shifted model cannot predict it)
     masked[:, -1] |= ~masked.any(dim=1)  # at least one masked token per row
-    inputs = tokens.masked_fill(masked.to(tokens.device), mask_id)
-    logits = model(input_ids=inputs).logits
-    ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
-    weight = masked.to(ce.device) / t.to(ce.device)
-    return (ce * weight).sum() / (b * n)
+    masked = masked.to(tokens.device)
+    logits = _block_logits(model(input_ids=tokens.masked_fill(masked, mask_id)).logits, 1, n, shifted)
+    ce = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+    return (ce * masked[:, 1:] / t.to(ce.device)).sum() / (b * n)
 
 
 def streak_loss(
-    model: PreTrainedModel, prefix: torch.Tensor, continuation: torch.Tensor, mask_id: int
+    model: PreTrainedModel, prefix: torch.Tensor, continuation: torch.Tensor, mask_id: int, shifted: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SpecDiff-2 streak distillation. The drafter sees ``prefix`` + g masks and should put probability on
     the verifier's own continuation x_1..x_g. Returns (loss, expected accepted streak
@@ -197,7 +218,8 @@ def streak_loss(
     plus a small plain term (0.1 log q_j) so late positions keep learning while early ones still fail."""
     g = continuation.shape[1]
     masks = torch.full_like(continuation, mask_id)
-    logits = model(input_ids=torch.cat([prefix, masks], dim=1)).logits[:, -g:]
+    p = prefix.shape[1]
+    logits = _block_logits(model(input_ids=torch.cat([prefix, masks], dim=1)).logits, p, p + g, shifted)
     log_q = logits.float().log_softmax(-1).gather(-1, continuation[..., None]).squeeze(-1)
     streak = log_q.cumsum(dim=1).exp()  # prod_{j<=m} q_j
     reach = torch.cat([torch.ones_like(streak[:, :1]), streak[:, :-1]], dim=1).detach()  # prod_{i<j} q_i
@@ -260,6 +282,7 @@ def align_drafter(
     batch_size: int,
     min_block: int,
     generator: torch.Generator,
+    shifted: bool = False,
 ) -> tuple[list[float], list[float]]:
     """Streak-distil ``drafter`` towards the verifier that wrote ``continuations``; returns (losses, streaks).
     Each batch uses a random block length in [min_block, g], as ADL will ask for."""
@@ -270,7 +293,9 @@ def align_drafter(
         rows = torch.randint(0, prompts.shape[0], (batch_size,), generator=generator)
         block = int(torch.randint(min_block, g + 1, (1,), generator=generator))
         device = drafter.device
-        loss, streak = streak_loss(drafter, prompts[rows].to(device), continuations[rows, :block].to(device), mask_id)
+        loss, streak = streak_loss(
+            drafter, prompts[rows].to(device), continuations[rows, :block].to(device), mask_id, shifted
+        )
         streaks.append(streak.item())
         return loss
 
@@ -312,8 +337,12 @@ def plot_losses(curves: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2))
-    for ax, (name, values) in zip(axes, curves.items()):
+    cols = min(3, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(curves) :]:
+        ax.axis("off")
+    for ax, (name, values) in zip(axes.flat, curves.items()):
         window = max(1, len(values) // 50)
         smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
         ax.plot(values, alpha=0.3, color="tab:blue")
@@ -340,37 +369,85 @@ def _model_card(role: str, title: str, model: PreTrainedModel, facts: dict) -> s
     return "\n".join(lines) + "\n"
 
 
-def train_demo(out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str = "cpu") -> dict:
-    """Rebuild the embedded demo pair into ``out_dir`` (target/, drafter/, ar_drafter/, metrics, plots)."""
+TARGET_FIELDS = ("seed", "corpus_bytes", "heldout_every", "vocab_size", "context", "seq_len", "batch_size", "target",
+                 "target_steps", "lr")
+
+
+def _reusable_target(out_dir: Path, recipe: DemoRecipe):
+    """The target and tokenizer already in ``out_dir`` if they were trained with this recipe's target fields
+    (every stage has its own seeded generator, so a reused target leaves the later stages unchanged)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    metrics = out_dir / "metrics.json"
+    if not metrics.exists() or not (out_dir / "target" / "config.json").exists():
+        return None
+    saved = json.loads(metrics.read_text())["recipe"]
+    wanted = json.loads(json.dumps(asdict(recipe)))
+    if any(saved.get(field) != wanted[field] for field in TARGET_FIELDS):
+        return None
+    curves = json.loads(metrics.read_text()).get("curves", {})
+    return (AutoModelForCausalLM.from_pretrained(out_dir / "target"), AutoTokenizer.from_pretrained(out_dir / "target"),
+            curves.get("target: causal LM loss"))
+
+
+def train_demo(
+    out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str = "cpu", reuse_target: bool = False
+) -> dict:
+    """Rebuild the embedded demo pair into ``out_dir`` (target/, drafter/, ar_drafter/, metrics, plots).
+    ``reuse_target`` keeps a target (and tokenizer) already there when its recipe fields match."""
     from .config import DiffuSpecConfig
     from .engine import DiffuSpec
 
     out_dir = Path(out_dir)
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
+
+    def stage(k: int) -> torch.Generator:  # each stage its own seed: stages stay reproducible on their own
+        torch.manual_seed(recipe.seed + k)
+        return torch.Generator().manual_seed(recipe.seed + k)
+
     print("[1/7] corpus and tokenizer")
     train_texts, heldout_texts, files = stdlib_corpus(recipe.corpus_bytes, recipe.heldout_every)
-    tokenizer = train_tokenizer(train_texts, recipe.vocab_size)
+    reused = _reusable_target(out_dir, recipe) if reuse_target else None
+    tokenizer = reused[1] if reused else train_tokenizer(train_texts, recipe.vocab_size)
     mask_id = tokenizer.mask_token_id
     train_stream, heldout_stream = token_stream(tokenizer, train_texts), token_stream(tokenizer, heldout_texts)
 
-    def batch() -> torch.Tensor:
-        return random_windows(train_stream, recipe.batch_size, recipe.seq_len, gen).to(device)
+    def batches(gen: torch.Generator) -> Callable[[], torch.Tensor]:
+        return lambda: random_windows(train_stream, recipe.batch_size, recipe.seq_len, gen).to(device)
 
     curves: dict[str, list[float]] = {}
-    print("[2/7] target (causal LM)")
-    target = build_ar_model(recipe.target, tokenizer, recipe.context).to(device)
-    curves["target: causal LM loss"] = fit(target, lambda s: causal_lm_loss(target, batch()), recipe.target_steps, recipe.lr, "target")
-    print("[3/7] diffusion drafter (masked diffusion)")
-    drafter = build_diffusion_model(recipe.drafter, tokenizer, recipe.context).to(device)
-    curves["drafter: masked-diffusion loss"] = fit(
-        drafter, lambda s: masked_diffusion_loss(drafter, batch(), mask_id, gen), recipe.drafter_steps, recipe.lr, "drafter"
+    print("[2/7] target (causal LM)" + (": reused" if reused else ""))
+    gen = stage(0)
+    if reused:
+        target = reused[0].to(device)
+        if reused[2]:
+            curves["target: causal LM loss"] = reused[2]
+    else:
+        target = build_ar_model(recipe.target, tokenizer, recipe.context).to(device)
+        batch = batches(gen)
+        curves["target: causal LM loss"] = fit(
+            target, lambda s: causal_lm_loss(target, batch()), recipe.target_steps, recipe.lr, "target"
+        )
+    print("[3/7] diffusion drafter: causal pre-training, then Dream-style masked-diffusion adaptation")
+    gen = stage(1)
+    batch = batches(gen)
+    drafter = build_diffusion_model(recipe.drafter, tokenizer, recipe.context, shifted=True).to(device)
+    set_bidirectional(drafter, False)
+    curves["drafter: causal pre-training loss"] = fit(
+        drafter, lambda s: causal_lm_loss(drafter, batch()), recipe.drafter_steps, recipe.lr, "drafter (causal)"
+    )
+    set_bidirectional(drafter, True)
+    curves["drafter: masked-diffusion loss (shifted)"] = fit(
+        drafter, lambda s: masked_diffusion_loss(drafter, batch(), mask_id, gen, shifted=True),
+        recipe.adapt_steps, recipe.adapt_lr, "drafter (diffusion)",
     )
     print("[4/7] AR drafter (causal LM)")
+    gen = stage(2)
+    batch = batches(gen)
     ar_drafter = build_ar_model(recipe.drafter, tokenizer, recipe.context).to(device)
     curves["AR drafter: causal LM loss"] = fit(
         ar_drafter, lambda s: causal_lm_loss(ar_drafter, batch()), recipe.drafter_steps, recipe.lr, "AR drafter"
     )
+    gen = stage(3)
 
     print("[5/7] the target's own continuations; acceptance before alignment")
     prompt_len = recipe.seq_len // 2
@@ -386,7 +463,7 @@ def train_demo(out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str 
     print("[6/7] align the drafter (streak distillation); distil the AR drafter on the same continuations")
     curves["drafter alignment: streak loss"], streaks = align_drafter(
         drafter, prompts, continuations, mask_id, steps=recipe.align_steps, lr=recipe.align_lr,
-        batch_size=recipe.batch_size, min_block=min(4, recipe.align_block), generator=gen,
+        batch_size=recipe.batch_size, min_block=min(4, recipe.align_block), generator=gen, shifted=True,
     )
     curves["drafter alignment: expected streak"] = streaks
     sequences = torch.cat([prompts, continuations], dim=1)
@@ -407,7 +484,7 @@ def train_demo(out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str 
     with torch.no_grad():
         val_loss = {
             "target": causal_lm_loss(target, val).item(),
-            "drafter": masked_diffusion_loss(drafter, val, mask_id, val_gen).item(),
+            "drafter": masked_diffusion_loss(drafter, val, mask_id, val_gen, shifted=True).item(),
             "ar_drafter": causal_lm_loss(ar_drafter, val).item(),
         }
     metrics = {
@@ -416,6 +493,7 @@ def train_demo(out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str 
         "validation_loss": val_loss,
         "greedy_acceptance_before_alignment": before,
         "greedy_acceptance_after_alignment": after,
+        "curves": curves,
         "eval": {"prompts": len(eval_prompts), "new_tokens": recipe.eval_new_tokens, "engine_config": asdict(config)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -432,8 +510,9 @@ def train_demo(out_dir: Path, recipe: DemoRecipe = PRESETS["demo"], device: str 
     parts = {
         "target": (target, "the AR target (verifier)", {"validation loss (causal LM, held out)": f"{val_loss['target']:.3f}"}),
         "drafter": (drafter, "the masked-diffusion drafter, aligned to the target", {
-            "objective": "masked diffusion (t ~ U(0,1), 1/t-weighted CE), then SpecDiff-2 streak distillation",
-            "logits": "unshifted (LLaDA style): a masked position's logits predict it",
+            "objective": "causal LM pre-training, then Dream-style masked-diffusion adaptation (bidirectional, "
+            "t ~ U(0.05, 1), 1/t-weighted CE), then SpecDiff-2 streak distillation",
+            "logits": "shifted (Dream style): position t's logits predict token t + 1 (config: diffuspec_shifted_logits)",
             "validation loss (masked diffusion, held out)": f"{val_loss['drafter']:.3f}",
             "acceptance": acceptance,
         }),
@@ -480,16 +559,18 @@ def align(
     prompt_tokens: int = 64,
     device: str | None = None,
     mask_token_id: int | None = None,
+    logits_shift: bool | None = None,
     seed: int = 0,
 ) -> dict:
     """Streak-distil any diffusion drafter towards any AR verifier with the same tokenizer, from the verifier's
     own greedy continuations of ``prompts``; saves the aligned drafter to ``out_dir``."""
     from .config import DiffuSpecError
-    from .engine import resolve_mask_token
+    from .engine import resolve_logits_shift, resolve_mask_token
     from .loading import load_models
 
     models = load_models(target_path, drafter_path, device=device)
     mask_id = resolve_mask_token(models.tokenizer, models.drafter, mask_token_id)
+    shifted = resolve_logits_shift(models.drafter, logits_shift)
     gen = torch.Generator().manual_seed(seed)
     # Equal-length prompts batch without padding: keep each prompt's last ``prompt_tokens`` tokens.
     encoded = [ids[-prompt_tokens:] for ids in models.tokenizer(read_prompts(prompts_path))["input_ids"]]
@@ -500,7 +581,7 @@ def align(
     continuations = greedy_continuations(models.target, prompts, block)
     losses, streaks = align_drafter(
         models.drafter, prompts, continuations, mask_id, steps=steps, lr=lr, batch_size=batch_size,
-        min_block=min(4, block), generator=gen,
+        min_block=min(4, block), generator=gen, shifted=shifted,
     )
     out = Path(out_dir)
     models.drafter.save_pretrained(out)

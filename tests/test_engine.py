@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import CONTEXT, EOS, hf_greedy, make_diffusion_drafter
+from conftest import CONTEXT, hf_greedy, make_diffusion_drafter
 
 from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, Draft, Drafter
 

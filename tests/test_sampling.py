@@ -1,7 +1,6 @@
 """Sampling is lossless: the empirical distribution of whole generated sequences matches the target's exact
 distribution (chi-square goodness of fit; each test fails falsely with probability ALPHA)."""
 
-import itertools
 from collections import Counter
 
 import pytest

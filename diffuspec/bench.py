@@ -1,0 +1,254 @@
+"""``diffuspec bench``: every method side by side in one process, interleaved, checked for losslessness.
+
+Speedups are ratios of tokens/s measured in the same run on the same prompts. Each repeat visits the prompts
+in order and, per prompt, runs every method (in an order rotated per prompt, so no method always runs first
+after another's allocations); one warm-up pass is discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import DiffuSpec
+from .stats import PHASES, DecodingStats
+
+LOSSLESS_NOTE = "all methods are greedy and lossless: each output is checked against target-only AR decoding"
+
+
+@dataclass
+class MethodTotals:
+    name: str
+    new_tokens: int = 0
+    wall_seconds: float = 0.0
+    steps: int = 0
+    accepted: int = 0
+    drafted: int = 0
+    target_forwards: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    accepted_lengths: list[int] = field(default_factory=list)
+    draft_lengths_first_run: list[int] = field(default_factory=list)
+    per_position: list[list[int]] = field(default_factory=list)  # [drafted, accepted] per position
+    peak_memory_mb: float | None = None
+
+    def add(self, new_tokens: int, wall: float, stats: DecodingStats | None) -> None:
+        self.new_tokens += new_tokens
+        self.wall_seconds += wall
+        if stats is None:
+            return
+        self.steps += stats.steps
+        self.accepted += stats.accepted_tokens
+        self.drafted += stats.drafted_tokens
+        self.target_forwards += stats.target_forwards
+        for phase in PHASES:
+            self.seconds[phase] += stats.seconds[phase]
+        self.accepted_lengths += stats.accepted_lengths
+        if not self.draft_lengths_first_run:
+            self.draft_lengths_first_run = list(stats.draft_lengths)
+        for d, a in zip(stats.draft_lengths, stats.accepted_lengths):
+            while len(self.per_position) < d:
+                self.per_position.append([0, 0])
+            for i in range(d):
+                self.per_position[i][0] += 1
+                self.per_position[i][1] += i < a
+
+    def row(self, reference_tps: float) -> dict[str, Any]:
+        tps = self.new_tokens / self.wall_seconds if self.wall_seconds else 0.0
+        engine_run = self.steps > 0
+        timed = sum(self.seconds.values())
+        return {
+            "method": self.name,
+            "tokens_per_second": tps,
+            "speedup": tps / reference_tps if reference_tps else None,
+            "mat": self.accepted / self.steps if engine_run else None,
+            "tokens_per_target_forward": self.new_tokens / self.target_forwards if engine_run else None,
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
+            "time_share": {p: s / timed for p, s in self.seconds.items()} if engine_run and timed else None,
+            "peak_memory_mb": self.peak_memory_mb,
+            "new_tokens": self.new_tokens,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+Runner = Callable[[list[int], int], tuple[list[int], DecodingStats | None]]
+
+
+def engine_runner(engine: DiffuSpec, mode: str) -> Runner:
+    def run(prompt_ids: list[int], max_new_tokens: int):
+        out = engine.generate(prompt_ids, max_new_tokens, mode=mode)
+        return out.token_ids, out.stats
+
+    return run
+
+
+def transformers_runner(engine: DiffuSpec, **generate_kwargs: Any) -> Runner:
+    """transformers' own ``generate`` on the same target (assisted generation, prompt lookup)."""
+    target = engine.target
+    eos = sorted(engine.eos_token_ids)
+
+    @torch.inference_mode()
+    def run(prompt_ids: list[int], max_new_tokens: int):
+        ids = torch.tensor([prompt_ids], device=engine.device)
+        out = target.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=eos, pad_token_id=engine.tokenizer.pad_token_id, **generate_kwargs,
+        )
+        return out[0, len(prompt_ids) :].tolist(), None
+
+    return run
+
+
+def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> dict[str, Runner]:
+    """AR reference, classic speculative decoding (ours and transformers'), prompt lookup, DiffuSpec, ablations."""
+    methods: dict[str, Runner] = {"ar": engine_runner(engine, "ar")}
+    if "ar-drafter" in engine.modes:
+        methods["ar-drafter"] = engine_runner(engine, "ar-drafter")
+        methods["hf-assisted"] = transformers_runner(engine, assistant_model=engine.ar_drafter_model)
+    methods["prompt-lookup"] = engine_runner(engine, "prompt-lookup")
+    methods["hf-prompt-lookup"] = transformers_runner(engine, prompt_lookup_num_tokens=10)
+    if "diffuspec" in engine.modes:
+        methods["diffuspec"] = engine_runner(engine.with_config(cps=True, draft_length=None), "diffuspec")
+        methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False, draft_length=None), "diffuspec")
+        for k in fixed_ks:
+            methods[f"diffuspec-k{k}"] = engine_runner(engine.with_config(cps=True, draft_length=k), "diffuspec")
+        k = engine.config.k_max
+        methods[f"diffuspec-no-cps-k{k}"] = engine_runner(engine.with_config(cps=False, draft_length=k), "diffuspec")
+    return methods
+
+
+def run_benchmark(
+    engine: DiffuSpec,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 128,
+    repeats: int = 2,
+    methods: dict[str, Runner] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    methods = methods or default_methods(engine)
+    names = list(methods)
+    prompt_ids = [engine.tokenizer(p)["input_ids"] for p in prompts]
+    totals = {name: MethodTotals(name) for name in names}
+    cuda = engine.device.type == "cuda"
+
+    for name in names:  # warm-up: first calls pay for allocation and kernel selection
+        methods[name](prompt_ids[0], min(16, max_new_tokens))
+    references: dict[int, list[int]] = {}
+    bar = tqdm(total=repeats * len(prompt_ids) * len(names), desc="bench", disable=not progress)
+    for _ in range(repeats):
+        for p, ids in enumerate(prompt_ids):
+            order = names[p % len(names) :] + names[: p % len(names)]
+            for name in order:
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                tokens, stats = methods[name](ids, max_new_tokens)
+                if cuda:
+                    torch.cuda.synchronize()
+                wall = time.perf_counter() - start
+                if cuda:
+                    peak = torch.cuda.max_memory_allocated() / 2**20
+                    totals[name].peak_memory_mb = max(totals[name].peak_memory_mb or 0.0, peak)
+                totals[name].add(len(tokens), wall, stats)
+                reference = references.setdefault(p, methods["ar"](ids, max_new_tokens)[0] if name != "ar" else tokens)
+                if tokens != reference:
+                    raise RuntimeError(
+                        f"{name} is not lossless: its output on prompt {p} differs from AR greedy decoding "
+                        f"at token {next(i for i, (a, b) in enumerate(zip(tokens + [-1], reference + [-1])) if a != b)}"
+                    )
+                bar.update()
+    bar.close()
+    reference_tps = totals["ar"].new_tokens / totals["ar"].wall_seconds
+    return {
+        "machine": machine_description(engine),
+        "settings": {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
+                     "engine_config": engine.config.__dict__, "note": LOSSLESS_NOTE},
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "methods": [totals[name].row(reference_tps) for name in names],
+        "traces": {name: {"accepted_lengths": t.accepted_lengths, "draft_lengths_first_run": t.draft_lengths_first_run,
+                          "per_position_acceptance": [a / d for d, a in t.per_position]}
+                   for name, t in totals.items() if t.steps},
+    }
+
+
+def machine_description(engine: DiffuSpec) -> str:
+    if engine.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(engine.device)}, torch {torch.__version__}"
+    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    def fmt(value, pattern="{:.2f}"):
+        return "-" if value is None else pattern.format(value)
+
+    lines = [
+        "| method | tokens/s | speedup vs AR | MAT | tokens / target forward | acceptance | "
+        "draft / search / verify / other | peak GPU MB |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for row in results["methods"]:
+        share = row["time_share"]
+        split = " / ".join(f"{share[p]:.0%}" for p in PHASES) if share else "-"
+        lines.append(
+            f"| {row['method']} | {row['tokens_per_second']:.1f} | {fmt(row['speedup'])}x | {fmt(row['mat'])} | "
+            f"{fmt(row['tokens_per_target_forward'])} | {fmt(row['acceptance_rate'], '{:.0%}')} | {split} | "
+            f"{fmt(row['peak_memory_mb'], '{:.0f}')} |"
+        )
+    s = results["settings"]
+    lines.append("")
+    lines.append(f"{results['machine']}; {s['prompts']} prompts x {s['max_new_tokens']} new tokens x "
+                 f"{s['repeats']} repeats, greedy; {s['note']}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["methods"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0][0]
+    ax.barh([r["method"] for r in rows][::-1], [r["speedup"] for r in rows][::-1], color="tab:blue")
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_title("speedup over AR greedy (tokens/s ratio, same run)")
+    traces = results["traces"]
+    if focus in traces:
+        t = traces[focus]
+        ax = axes[0][1]
+        ax.hist(t["accepted_lengths"], bins=range(0, max(t["accepted_lengths"] + [1]) + 2), color="tab:green")
+        ax.set_title(f"{focus}: accepted draft tokens per step")
+        ax = axes[1][0]
+        ax.plot(t["draft_lengths_first_run"], marker=".", color="tab:orange")
+        ax.set_title(f"{focus}: draft length k over one generation (ADL)")
+        ax.set_xlabel("verification step")
+    ax = axes[1][1]
+    for name, t in traces.items():
+        if name.startswith(("diffuspec", "ar-drafter")) and len(t["per_position_acceptance"]) > 1:
+            ax.plot(range(1, len(t["per_position_acceptance"]) + 1), t["per_position_acceptance"], label=name)
+    ax.set_title("per-position acceptance (given the position was drafted)")
+    ax.set_xlabel("draft position")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(results))
+    plot(results, out_dir / "bench.png")

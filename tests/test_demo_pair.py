@@ -1,0 +1,50 @@
+"""The shipped demo pair: loads with plain transformers Auto classes and is lossless on held-out prompts."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from diffuspec import DiffuSpec
+from diffuspec.cli import main
+from diffuspec.loading import EMBEDDED_DIR, embedded_paths
+
+
+def test_shipped_files_load_with_auto_classes():
+    paths = embedded_paths()
+    tokenizer = AutoTokenizer.from_pretrained(paths["target"])
+    text = "def f(x):\n    return {'a': x ** 2}  # ünïcode\n"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert tokenizer.mask_token_id is not None and tokenizer.eos_token_id is not None
+    for role, path in paths.items():
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert model.config.vocab_size == len(tokenizer), role
+    drafter = AutoModelForCausalLM.from_pretrained(paths["drafter"])
+    assert drafter.config.use_bidirectional_attention
+    total = sum(f.stat().st_size for f in EMBEDDED_DIR.rglob("*.safetensors"))
+    assert total < 42 * 2**20
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return DiffuSpec.from_pretrained(device="cpu")
+
+
+def test_greedy_equality_on_heldout_prompts(engine):
+    prompts = [json.loads(line)["prompt"] for line in (EMBEDDED_DIR / "prompts.jsonl").read_text().splitlines()]
+    for prompt in prompts[:4]:
+        ids = torch.tensor([engine.tokenizer(prompt)["input_ids"]])
+        reference = engine.target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=64, pad_token_id=engine.tokenizer.pad_token_id)
+        out = engine.generate(prompt, max_new_tokens=64)
+        assert out.token_ids == reference[0, ids.shape[1]:].tolist()
+        assert engine.generate(prompt, max_new_tokens=64, mode="ar-drafter").token_ids == out.token_ids
+    assert out.stats.mean_accepted_tokens > 1.0  # the aligned drafter is far better than chance
+
+
+def test_cli_generate_json_on_the_embedded_pair(capsys):
+    assert main(["generate", "import os\n", "--max-new-tokens", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["finish_reason"] in ("eos", "length", "stop") and result["stats"]["steps"] >= 1
+    assert len(result["token_ids"]) <= 20
