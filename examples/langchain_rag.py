@@ -49,7 +49,7 @@ def load_documents() -> list[Document]:
     docs = []
     for name in MODULES:
         module = importlib.import_module(name)
-        docs.append(Document(page_content=(inspect.getdoc(module) or "")[:600], metadata={"module": name}))
+        docs.append(Document(page_content=(inspect.getdoc(module) or "")[:300], metadata={"module": name}))
     return docs
 
 

@@ -31,7 +31,7 @@ def main() -> None:
     Settings.llm = llm
     Settings.tokenizer = llm.get_engine().tokenizer.encode  # count tokens offline with the model's tokenizer
     get_dispatcher().add_event_handler(PrintSteps())
-    docs = [Document(text=(inspect.getdoc(importlib.import_module(m)) or "")[:600], metadata={"module": m})
+    docs = [Document(text=(inspect.getdoc(importlib.import_module(m)) or "")[:400], metadata={"module": m})
             for m in MODULES]
     index = SimpleKeywordTableIndex.from_documents(docs)
     response = index.as_query_engine(streaming=True).query("How do I parse command line arguments?")

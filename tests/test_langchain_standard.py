@@ -45,3 +45,7 @@ class TestChatDiffuSpecIntegration(ChatModelIntegrationTests):
     @property
     def returns_usage_metadata(self):
         return True
+
+    @property
+    def supports_model_override(self):
+        return False  # one local engine per wrapper: build another ChatDiffuSpec for another model

@@ -99,7 +99,7 @@ class ChatDiffuSpec(EngineFields, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
         params = super()._get_ls_params(stop=stop, **kwargs)
         params.update(
-            ls_provider="diffuspec", ls_model_name=self.resolved_model_name, ls_model_type="chat",
+            ls_provider="diffuspec", ls_model_name=kwargs.get("model", self.resolved_model_name), ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
         )
