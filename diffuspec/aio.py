@@ -22,7 +22,12 @@ async def aiterate(make_stream: Any) -> AsyncIterator[Any]:
     stop = threading.Event()
 
     def put(item: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        if stop.is_set():
+            return
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed: the consumer is gone
+            stop.set()
 
     def work() -> None:
         stream: Iterator[Any] | None = None

@@ -98,7 +98,7 @@ def test_tool_calls_are_parsed_from_the_stream():
     assert [c.message.content for c in chunks] == ["Let me add. ", "", ""]  # the tag prefix is held back
     message = _merged(chunks).message
     assert message.tool_calls[0]["name"] == "add" and message.tool_calls[0]["args"] == {"a": 1, "b": 2}
-    assert message.response_metadata["finish_reason"] == "tool_calls"
+    assert _merged(chunks).generation_info["finish_reason"] == "tool_calls"
 
 
 def test_bind_tools_passes_schemas_to_the_prompt(chat, engine):

@@ -128,14 +128,23 @@ class DiffuSpecLLM(CustomLLM):
         return CompletionResponse(text=text, delta=event.text, additional_kwargs=extra)
 
     def _responses(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
-        span_id, text = active_span_id.get(), ""  # captured now: a lazy generator loses the span
-        for event in self.get_engine().stream(prompt_ids, **self._call(kwargs)):
+        # Runs in the caller's body: arguments are checked now and the span id is the caller's (a lazy
+        # generator would run after the span had closed).
+        events = self.get_engine().stream(prompt_ids, **self._call(kwargs))
+        return self._wrap(events, active_span_id.get())
+
+    def _wrap(self, events: Iterator, span_id: str | None) -> Iterator[CompletionResponse]:
+        text = ""
+        for event in events:
             text += event.text
             yield self._response(text, event, span_id)
 
-    async def _aresponses(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> AsyncIterator[CompletionResponse]:
-        span_id, text = active_span_id.get(), ""
-        async for event in self.get_engine().astream(prompt_ids, **self._call(kwargs)):
+    def _aresponses(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> AsyncIterator[CompletionResponse]:
+        return self._awrap(self.get_engine().astream(prompt_ids, **self._call(kwargs)), active_span_id.get())
+
+    async def _awrap(self, events: AsyncIterator, span_id: str | None) -> AsyncIterator[CompletionResponse]:
+        text = ""
+        async for event in events:
             text += event.text
             yield self._response(text, event, span_id)
 
