@@ -34,7 +34,7 @@ class DiffuSpecConfig:
     ngram_order: int = 3  # the CPS causal proxy: a token n-gram model learnt from prompt + output
     denoising_steps: int = 1  # S; the paper found S = 1 fastest
     logits_shift: bool | None = None  # Dream-style shifted drafter logits; None: True for model_type "dream"
-    drafter_prefix_cache: bool = False  # reuse the drafter's context KV (approximate, lossless anyway)
+    drafter_prefix_cache: bool = True  # reuse the drafter's context KV (approximate, lossless anyway)
     # At temperature > 0: "point-mass" verifies the deterministic CPS/argmax path with p(x) acceptance;
     # "proposal" samples the draft from the drafter's marginals and applies the Leviathan min(1, p/q) rule.
     draft_sampling: str = "point-mass"

@@ -58,9 +58,12 @@ class CachedPrefixModel:
     positions whose logits are needed), then drops ``extra`` from the cache again unless ``keep_extra``.
     """
 
-    def __init__(self, model: PreTrainedModel, use_cache: bool = True) -> None:
+    def __init__(self, model: PreTrainedModel, use_cache: bool = True, bidirectional: bool = False) -> None:
         self.model = model
         self.use_cache = use_cache
+        # An explicit all-True 4D mask for a bidirectional model: transformers then skips building one from
+        # mask functions, which cost as much as the drafter's whole forward on CPU.
+        self.bidirectional = bidirectional
         self._keep_arg = _supports_logits_to_keep(model)
         self.reset()
 
@@ -82,6 +85,10 @@ class CachedPrefixModel:
             self.cache = DynamicCache(config=self.model.config)
         feed = torch.cat([context[reuse:], extra]).unsqueeze(0)
         kwargs = {"logits_to_keep": logits_needed} if self._keep_arg else {}
+        if self.bidirectional:
+            kwargs["attention_mask"] = torch.ones(
+                1, 1, feed.shape[1], reuse + feed.shape[1], dtype=torch.bool, device=feed.device
+            )
         out = self.model(input_ids=feed, past_key_values=self.cache, use_cache=self.use_cache, **kwargs)
         if self.use_cache:
             self.cached_ids = torch.cat([context, extra]) if keep_extra else context
@@ -115,7 +122,7 @@ class MaskedDiffusionDrafter(Drafter):
         self.mask_token_id = mask_token_id
         self.shifted = shifted
         self.denoising_steps = denoising_steps
-        self._model = CachedPrefixModel(model, use_cache=prefix_cache)
+        self._model = CachedPrefixModel(model, use_cache=prefix_cache, bidirectional=True)
 
     def reset(self) -> None:
         self._model.reset()

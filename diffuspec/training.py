@@ -60,8 +60,8 @@ class DemoRecipe:
     adapt_lr: float = 1e-3
     align_prompts: int = 4096  # prompts whose target continuations the drafters are aligned / distilled on
     align_block: int = 16  # continuation length = the engine's k_max
-    align_steps: int = 2400
-    align_lr: float = 2e-3
+    align_steps: int = 800
+    align_lr: float = 1e-3
     eval_prompts: int = 16
     eval_new_tokens: int = 96
 

@@ -11,10 +11,6 @@ class TestChatDiffuSpecUnit(ChatModelUnitTests):
         return ChatDiffuSpec
 
     @property
-    def chat_model_params(self):
-        return {"max_tokens": 32}
-
-    @property
     def has_tool_calling(self):
         return True  # bind_tools and tool-call parsing exist; the demo model itself is too small to call tools
 
