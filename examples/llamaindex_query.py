@@ -6,7 +6,7 @@ import inspect
 import os
 import sys
 
-from llama_index.core import Document, Settings, SimpleKeywordTableIndex
+from llama_index.core import Document, PromptTemplate, Settings, SimpleKeywordTableIndex
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.llms.diffuspec import DiffuSpecLLM, DiffuSpecStepEvent
@@ -34,7 +34,10 @@ def main() -> None:
     docs = [Document(text=(inspect.getdoc(importlib.import_module(m)) or "")[:400], metadata={"module": m})
             for m in MODULES]
     index = SimpleKeywordTableIndex.from_documents(docs)
-    response = index.as_query_engine(streaming=True).query("How do I parse command line arguments?")
+    # A short template: LlamaIndex's default one alone nearly fills the demo model's 512-token window.
+    qa = PromptTemplate("Documentation:\n{context_str}\n\nQuestion: {query_str}\nAnswer:")
+    engine = index.as_query_engine(streaming=True, text_qa_template=qa, response_mode="simple_summarize")
+    response = engine.query("How do I parse command line arguments?")
     for text in response.response_gen:
         print(text, end="", flush=True)
     print()

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import run_while_ticking
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
@@ -115,21 +116,7 @@ def test_bind_tools_passes_schemas_to_the_prompt(chat, engine):
 
 
 def test_async_does_not_block_the_event_loop(chat):
-    async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.005)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        message = await chat.ainvoke(MESSAGES)
-        task.cancel()
-        return message, ticks
-
-    message, ticks = asyncio.run(main())
+    message, ticks = run_while_ticking(lambda: chat.ainvoke(MESSAGES))
     assert message.content == chat.invoke(MESSAGES).content
     assert ticks >= 3  # the loop kept running while the engine worked
 

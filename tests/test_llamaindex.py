@@ -1,8 +1,7 @@
 """LlamaIndex LLM against the real engine on the embedded demo pair."""
 
-import asyncio
-
 import pytest
+from conftest import run_while_ticking
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -72,22 +71,11 @@ def test_chat_uses_the_chat_template_in_both_paths(llm):
 
 
 def test_async_paths_do_not_block(llm):
-    async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.005)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
+    async def both():
         done = await llm.acomplete(PROMPT)
-        chunks = [c async for c in await llm.astream_complete(PROMPT)]
-        task.cancel()
-        return done, chunks, ticks
+        return done, [c async for c in await llm.astream_complete(PROMPT)]
 
-    done, chunks, ticks = asyncio.run(main())
+    (done, chunks), ticks = run_while_ticking(both)
     assert done.text == chunks[-1].text == llm.complete(PROMPT).text
     assert ticks >= 3
 
