@@ -42,3 +42,21 @@ def test_losses_fall_and_alignment_raises_acceptance():
         after = streak_loss(drafter, prompts, continuations, mask)[1]
     assert sum(losses[-10:]) < sum(losses[:10])
     assert after > before + 0.5  # expected accepted streak on the verifier's own continuations
+
+
+def test_align_command_on_saved_models(tmp_path, targets, drafter, tokenizer):
+    from diffuspec.cli import main
+
+    targets["llama"].save_pretrained(tmp_path / "target")
+    drafter.save_pretrained(tmp_path / "drafter")
+    for name in ("target", "drafter"):
+        tokenizer.save_pretrained(tmp_path / name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the quick brown fox jumps over\nsome other words here, and more\n")
+    args = ["align", "--target", str(tmp_path / "target"), "--drafter", str(tmp_path / "drafter"),
+            "--prompts", str(prompts), "--out", str(tmp_path / "aligned"), "--steps", "3", "--block", "4",
+            "--batch-size", "2", "--device", "cpu"]
+    assert main(args + ["--prompt-tokens", "8"]) == 0
+    engine = DiffuSpec.from_pretrained(str(tmp_path / "target"), str(tmp_path / "aligned"))
+    assert engine.generate("abc", max_new_tokens=8).token_ids == engine.generate("abc", max_new_tokens=8, mode="ar").token_ids
+    assert main(args + ["--prompt-tokens", "500"]) == 2  # no prompt that long: a clear error
