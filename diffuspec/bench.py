@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .engine import DiffuSpec
-from .stats import PHASES, DecodingStats
+from .stats import PHASES, DecodingStats, per_position_acceptance
 
 LOSSLESS_NOTE = "all methods are greedy and lossless: each output is checked against target-only AR decoding"
 
@@ -36,7 +36,7 @@ class MethodTotals:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     accepted_lengths: list[int] = field(default_factory=list)
     draft_lengths_first_run: list[int] = field(default_factory=list)
-    per_position: list[list[int]] = field(default_factory=list)  # [drafted, accepted] per position
+    draft_lengths: list[int] = field(default_factory=list)
     peak_memory_mb: float | None = None
 
     def add(self, new_tokens: int, wall: float, stats: DecodingStats | None) -> None:
@@ -53,12 +53,7 @@ class MethodTotals:
         self.accepted_lengths += stats.accepted_lengths
         if not self.draft_lengths_first_run:
             self.draft_lengths_first_run = list(stats.draft_lengths)
-        for d, a in zip(stats.draft_lengths, stats.accepted_lengths):
-            while len(self.per_position) < d:
-                self.per_position.append([0, 0])
-            for i in range(d):
-                self.per_position[i][0] += 1
-                self.per_position[i][1] += i < a
+        self.draft_lengths += stats.draft_lengths
 
     def row(self, reference_tps: float) -> dict[str, Any]:
         tps = self.new_tokens / self.wall_seconds if self.wall_seconds else 0.0
@@ -177,7 +172,7 @@ def run_benchmark(
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "methods": [totals[name].row(reference_tps) for name in names],
         "traces": {name: {"accepted_lengths": t.accepted_lengths, "draft_lengths_first_run": t.draft_lengths_first_run,
-                          "per_position_acceptance": [a / d for d, a in t.per_position]}
+                          "per_position_acceptance": per_position_acceptance(t.draft_lengths, t.accepted_lengths)}
                    for name, t in totals.items() if t.steps},
     }
 

@@ -8,6 +8,17 @@ from typing import Any
 PHASES = ("draft", "path_search", "verify", "other")
 
 
+def per_position_acceptance(draft_lengths: list[int], accepted_lengths: list[int]) -> list[float]:
+    """Entry i: of the steps that drafted at least i + 1 tokens, the share that accepted draft token i."""
+    longest = max(draft_lengths, default=0)
+    drafted, accepted = [0] * longest, [0] * longest
+    for d, a in zip(draft_lengths, accepted_lengths):
+        for i in range(d):
+            drafted[i] += 1
+            accepted[i] += i < a
+    return [a / d for a, d in zip(accepted, drafted)]
+
+
 @dataclass
 class DecodingStats:
     """Running totals of one generation. MAT follows DiffuSpec: accepted draft tokens per verification
@@ -53,13 +64,7 @@ class DecodingStats:
     @property
     def per_position_acceptance(self) -> list[float]:
         """Entry i: of the steps that drafted at least i + 1 tokens, the share that accepted draft token i."""
-        longest = max(self.draft_lengths, default=0)
-        drafted, accepted = [0] * longest, [0] * longest
-        for d, a in zip(self.draft_lengths, self.accepted_lengths):
-            for i in range(d):
-                drafted[i] += 1
-                accepted[i] += i < a
-        return [a / d for a, d in zip(accepted, drafted)]
+        return per_position_acceptance(self.draft_lengths, self.accepted_lengths)
 
     def summary(self) -> dict[str, Any]:
         """Everything as plain JSON-ready values."""
