@@ -48,7 +48,7 @@ def _align(args: argparse.Namespace) -> None:
     from .training import align
 
     result = align(args.target, args.drafter, args.prompts, args.out, steps=args.steps, block=args.block,
-                   lr=args.lr, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, device=args.device,
+                   continuation=args.continuation,                   lr=args.lr, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, device=args.device,
                    mask_token_id=args.mask_token_id, logits_shift=args.logits_shift)
     print(json.dumps(result, indent=2))
 
@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--prompts", required=True, help="text file (a prompt per line) or JSON lines")
     al.add_argument("--out", required=True)
     al.add_argument("--steps", type=int, default=400)
-    al.add_argument("--block", type=int, default=16, help="continuation length (use the engine's k_max)")
+    al.add_argument("--block", type=int, default=16, help="the longest draft block to align (about ADL's k)")
+    al.add_argument("--continuation", type=int, default=64,
+                    help="verifier tokens generated per prompt; blocks are drafted from random points in them")
     al.add_argument("--lr", type=float, default=1e-3)
     al.add_argument("--batch-size", type=int, default=16)
     al.add_argument("--prompt-tokens", type=int, default=64)

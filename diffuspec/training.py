@@ -54,14 +54,19 @@ class DemoRecipe:
     target: ModelSize = ModelSize(hidden=256, layers=6, heads=4, ffn=768)
     drafter: ModelSize = ModelSize(hidden=128, layers=3, heads=4, ffn=512)
     target_steps: int = 1500
-    drafter_steps: int = 1500  # causal pre-training of both drafters (the same budget)
+    # Both drafters learn from the target's own text: corpus prompts plus the target's greedy continuations
+    # (a drafter is judged only on how well it predicts the target, so this is the data that matters).
+    distil_prompts: int = 16384
+    distil_prompt_len: int = 32
+    distil_continuation: int = 96
+    drafter_steps: int = 1500  # causal pre-training of both drafters on the distillation set (the same budget)
     lr: float = 3e-3
     adapt_steps: int = 1000  # masked-diffusion adaptation of the diffusion drafter (Dream recipe)
     adapt_lr: float = 1e-3
-    align_prompts: int = 4096  # prompts whose target continuations the drafters are aligned / distilled on
-    align_block: int = 16  # continuation length = the engine's k_max
-    align_steps: int = 800
-    align_lr: float = 1e-3
+    align_block: int = 16  # the longest block aligned to (ADL settles near k_max / 2 = 16)
+    align_steps: int = 3000  # streak distillation of the diffusion drafter; the AR drafter gets the same budget
+    align_batch: int = 32
+    align_lr: float = 2e-3
     eval_prompts: int = 16
     eval_new_tokens: int = 96
 
@@ -71,9 +76,9 @@ PRESETS = {
     # Every stage end to end in about a minute: the smoke test's recipe.
     "tiny": DemoRecipe(
         corpus_bytes=300_000, heldout_every=3, vocab_size=384, context=256, seq_len=64, batch_size=8,
-        target=ModelSize(64, 2, 2, 128), drafter=ModelSize(32, 1, 2, 64),
-        target_steps=60, drafter_steps=60, lr=5e-3, adapt_steps=40, align_prompts=64, align_block=8, align_steps=40,
-        eval_prompts=4, eval_new_tokens=32,
+        target=ModelSize(64, 2, 2, 128), drafter=ModelSize(32, 1, 2, 64), target_steps=60,
+        distil_prompts=64, distil_prompt_len=16, distil_continuation=32, drafter_steps=60, lr=5e-3, adapt_steps=40,
+        align_block=8, align_steps=40, align_batch=8, eval_prompts=4, eval_new_tokens=32,
     ),
 }
 
@@ -259,7 +264,7 @@ def fit(
 
 
 @torch.no_grad()
-def greedy_continuations(target: PreTrainedModel, prompts: torch.Tensor, length: int, batch: int = 64) -> torch.Tensor:
+def greedy_continuations(target: PreTrainedModel, prompts: torch.Tensor, length: int, batch: int = 256) -> torch.Tensor:
     """The verifier's own greedy continuations of equal-length prompts ([n, P] -> [n, length])."""
     out = []
     for rows in tqdm(prompts.split(batch), desc="target continuations", leave=False):
@@ -280,21 +285,26 @@ def align_drafter(
     steps: int,
     lr: float,
     batch_size: int,
+    block: int,
     min_block: int,
     generator: torch.Generator,
     shifted: bool = False,
 ) -> tuple[list[float], list[float]]:
     """Streak-distil ``drafter`` towards the verifier that wrote ``continuations``; returns (losses, streaks).
-    Each batch uses a random block length in [min_block, g], as ADL will ask for."""
+    Each batch drafts a random block length in [min_block, block] from a random point of the continuation
+    (prompt plus the verifier's first c tokens as context), as the decoding loop will ask for."""
     streaks: list[float] = []
     g = continuations.shape[1]
+    block = min(block, g)
 
     def step_loss(step: int) -> torch.Tensor:
         rows = torch.randint(0, prompts.shape[0], (batch_size,), generator=generator)
-        block = int(torch.randint(min_block, g + 1, (1,), generator=generator))
+        size = int(torch.randint(min(min_block, block), block + 1, (1,), generator=generator))
+        cut = int(torch.randint(0, g - size + 1, (1,), generator=generator))
         device = drafter.device
+        context = torch.cat([prompts[rows], continuations[rows, :cut]], dim=1)
         loss, streak = streak_loss(
-            drafter, prompts[rows].to(device), continuations[rows, :block].to(device), mask_id, shifted
+            drafter, context.to(device), continuations[rows, cut : cut + size].to(device), mask_id, shifted
         )
         streaks.append(streak.item())
         return loss
@@ -427,9 +437,24 @@ def train_demo(
         curves["target: causal LM loss"] = fit(
             target, lambda s: causal_lm_loss(target, batch()), recipe.target_steps, recipe.lr, "target"
         )
-    print("[3/7] diffusion drafter: causal pre-training, then Dream-style masked-diffusion adaptation")
+    print("[3/7] distillation set: the target's greedy continuations of corpus prompts")
+    gen = stage(3)
+    prompts = random_windows(train_stream, recipe.distil_prompts, recipe.distil_prompt_len, gen).to(device)
+    # Wide batches: decoding is launch-bound on a GPU; on CPU 256 rows was the fastest per sequence measured.
+    rows = 256 if torch.device(device).type == "cpu" else 2048
+    continuations = greedy_continuations(target, prompts, recipe.distil_continuation, batch=rows)
+    sequences = torch.cat([prompts, continuations], dim=1)
+    eval_prompts = [
+        tokenizer.decode(w)
+        for w in random_windows(heldout_stream, recipe.eval_prompts, recipe.seq_len // 2, gen).tolist()
+    ]
+
+    def distilled(gen: torch.Generator, batch_size: int) -> Callable[[], torch.Tensor]:
+        return lambda: sequences[torch.randint(0, sequences.shape[0], (batch_size,), generator=gen).to(device)]
+
+    print("[4/7] diffusion drafter: causal pre-training, then Dream-style masked-diffusion adaptation")
     gen = stage(1)
-    batch = batches(gen)
+    batch = distilled(gen, recipe.batch_size)
     drafter = build_diffusion_model(recipe.drafter, tokenizer, recipe.context, shifted=True).to(device)
     set_bidirectional(drafter, False)
     curves["drafter: causal pre-training loss"] = fit(
@@ -440,41 +465,37 @@ def train_demo(
         drafter, lambda s: masked_diffusion_loss(drafter, batch(), mask_id, gen, shifted=True),
         recipe.adapt_steps, recipe.adapt_lr, "drafter (diffusion)",
     )
-    print("[4/7] AR drafter (causal LM)")
+    print("[5/7] AR drafter (causal LM, same data and budget); acceptance before alignment")
     gen = stage(2)
-    batch = batches(gen)
+    batch = distilled(gen, recipe.batch_size)
     ar_drafter = build_ar_model(recipe.drafter, tokenizer, recipe.context).to(device)
     curves["AR drafter: causal LM loss"] = fit(
-        ar_drafter, lambda s: causal_lm_loss(ar_drafter, batch()), recipe.drafter_steps, recipe.lr, "AR drafter"
+        ar_drafter, lambda s: causal_lm_loss(ar_drafter, batch()), recipe.drafter_steps + recipe.adapt_steps,
+        recipe.lr, "AR drafter",
     )
-    gen = stage(3)
-
-    print("[5/7] the target's own continuations; acceptance before alignment")
-    prompt_len = recipe.seq_len // 2
-    prompts = random_windows(train_stream, recipe.align_prompts, prompt_len, gen).to(device)
-    continuations = greedy_continuations(target, prompts, recipe.align_block)
-    eval_prompts = [
-        tokenizer.decode(w) for w in random_windows(heldout_stream, recipe.eval_prompts, prompt_len, gen).tolist()
-    ]
-    config = DiffuSpecConfig(k_max=recipe.align_block)
+    config = DiffuSpecConfig()
     engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter)
     before = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens)
 
     print("[6/7] align the drafter (streak distillation); distil the AR drafter on the same continuations")
+    gen = stage(4)
     curves["drafter alignment: streak loss"], streaks = align_drafter(
         drafter, prompts, continuations, mask_id, steps=recipe.align_steps, lr=recipe.align_lr,
-        batch_size=recipe.batch_size, min_block=min(4, recipe.align_block), generator=gen, shifted=True,
+        batch_size=recipe.align_batch, block=recipe.align_block, min_block=min(4, recipe.align_block),
+        generator=gen, shifted=True,
     )
     curves["drafter alignment: expected streak"] = streaks
-    sequences = torch.cat([prompts, continuations], dim=1)
     labels = sequences.clone()
-    labels[:, :prompt_len] = -100  # learn the continuation only
+    labels[:, : recipe.distil_prompt_len] = -100  # learn the continuation only
+    gen = stage(5)
 
     def distil_loss(step: int) -> torch.Tensor:
-        rows = torch.randint(0, sequences.shape[0], (recipe.batch_size,), generator=gen)
+        rows = torch.randint(0, sequences.shape[0], (recipe.align_batch,), generator=gen).to(device)
         return ar_drafter(input_ids=sequences[rows], labels=labels[rows]).loss
 
-    curves["AR drafter distillation: loss"] = fit(ar_drafter, distil_loss, recipe.align_steps, recipe.align_lr, "AR drafter distil")
+    curves["AR drafter distillation: loss"] = fit(
+        ar_drafter, distil_loss, recipe.align_steps, recipe.align_lr, "AR drafter distil"
+    )
 
     print("[7/7] evaluation, model cards, plots")
     engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter)
@@ -554,6 +575,7 @@ def align(
     *,
     steps: int = 400,
     block: int = 16,
+    continuation: int = 64,
     lr: float = 1e-3,
     batch_size: int = 16,
     prompt_tokens: int = 64,
@@ -578,10 +600,10 @@ def align(
     if not encoded:
         raise DiffuSpecError(f"no prompt in {prompts_path} has {prompt_tokens} tokens: lower --prompt-tokens")
     prompts = torch.tensor(encoded, device=models.target.device)
-    continuations = greedy_continuations(models.target, prompts, block)
+    continuations = greedy_continuations(models.target, prompts, continuation)
     losses, streaks = align_drafter(
         models.drafter, prompts, continuations, mask_id, steps=steps, lr=lr, batch_size=batch_size,
-        min_block=min(4, block), generator=gen, shifted=shifted,
+        block=block, min_block=min(4, block), generator=gen, shifted=shifted,
     )
     out = Path(out_dir)
     models.drafter.save_pretrained(out)

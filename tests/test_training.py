@@ -37,7 +37,7 @@ def test_losses_fall_and_alignment_raises_acceptance():
     with torch.no_grad():
         before = streak_loss(drafter, prompts, continuations, mask)[1]
     losses, _ = align_drafter(drafter, prompts, continuations, mask, steps=60, lr=5e-3, batch_size=16,
-                              min_block=4, generator=gen)
+                              block=8, min_block=4, generator=gen)
     with torch.no_grad():
         after = streak_loss(drafter, prompts, continuations, mask)[1]
     assert sum(losses[-10:]) < sum(losses[:10])
