@@ -19,24 +19,21 @@ from typing import Any
 import torch
 
 from .engine import DiffuSpec
-from .stats import PHASES, DecodingStats, per_position_acceptance
+from .stats import PHASES, DecodingStats
 
 LOSSLESS_NOTE = "all methods are greedy and lossless: each output is checked against target-only AR decoding"
 
 
 @dataclass
 class MethodTotals:
+    """One method's runs: tokens and wall time as the benchmark timed them, plus the engine's own statistics
+    summed over its runs (none for transformers' generate)."""
+
     name: str
     new_tokens: int = 0
     wall_seconds: float = 0.0
-    steps: int = 0
-    accepted: int = 0
-    drafted: int = 0
-    target_forwards: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    accepted_lengths: list[int] = field(default_factory=list)
+    decoding: DecodingStats = field(default_factory=DecodingStats)
     draft_lengths_first_run: list[int] = field(default_factory=list)
-    draft_lengths: list[int] = field(default_factory=list)
     peak_memory_mb: float | None = None
 
     def add(self, new_tokens: int, wall: float, stats: DecodingStats | None) -> None:
@@ -44,29 +41,23 @@ class MethodTotals:
         self.wall_seconds += wall
         if stats is None:
             return
-        self.steps += stats.steps
-        self.accepted += stats.accepted_tokens
-        self.drafted += stats.drafted_tokens
-        self.target_forwards += stats.target_forwards
-        for phase in PHASES:
-            self.seconds[phase] += stats.seconds[phase]
-        self.accepted_lengths += stats.accepted_lengths
+        self.decoding.merge(stats)
         if not self.draft_lengths_first_run:
             self.draft_lengths_first_run = list(stats.draft_lengths)
-        self.draft_lengths += stats.draft_lengths
 
     def row(self, reference_tps: float) -> dict[str, Any]:
         tps = self.new_tokens / self.wall_seconds if self.wall_seconds else 0.0
-        engine_run = self.steps > 0
-        timed = sum(self.seconds.values())
+        d = self.decoding
+        engine_run = d.steps > 0
+        timed = sum(d.seconds.values())
         return {
             "method": self.name,
             "tokens_per_second": tps,
             "speedup": tps / reference_tps if reference_tps else None,
-            "mat": self.accepted / self.steps if engine_run else None,
-            "tokens_per_target_forward": self.new_tokens / self.target_forwards if engine_run else None,
-            "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
-            "time_share": {p: s / timed for p, s in self.seconds.items()} if engine_run and timed else None,
+            "mat": d.mean_accepted_tokens if engine_run else None,
+            "tokens_per_target_forward": self.new_tokens / d.target_forwards if engine_run else None,
+            "acceptance_rate": d.acceptance_rate if d.drafted_tokens else None,
+            "time_share": {p: s / timed for p, s in d.seconds.items()} if engine_run and timed else None,
             "peak_memory_mb": self.peak_memory_mb,
             "new_tokens": self.new_tokens,
             "wall_seconds": self.wall_seconds,
@@ -171,9 +162,10 @@ def run_benchmark(
                      "engine_config": engine.config.__dict__, "note": LOSSLESS_NOTE},
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "methods": [totals[name].row(reference_tps) for name in names],
-        "traces": {name: {"accepted_lengths": t.accepted_lengths, "draft_lengths_first_run": t.draft_lengths_first_run,
-                          "per_position_acceptance": per_position_acceptance(t.draft_lengths, t.accepted_lengths)}
-                   for name, t in totals.items() if t.steps},
+        "traces": {name: {"accepted_lengths": t.decoding.accepted_lengths,
+                          "draft_lengths_first_run": t.draft_lengths_first_run,
+                          "per_position_acceptance": t.decoding.per_position_acceptance}
+                   for name, t in totals.items() if t.decoding.steps},
     }
 
 

@@ -44,6 +44,16 @@ class DecodingStats:
         self.draft_lengths.append(draft_length)
         self.accepted_lengths.append(accepted)
 
+    def merge(self, other: DecodingStats) -> None:
+        """Add another generation's totals to these (the benchmark sums a method's runs)."""
+        for name in ("steps", "target_forwards", "drafter_forwards", "new_tokens", "drafted_tokens",
+                     "accepted_tokens", "wall_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.draft_lengths += other.draft_lengths
+        self.accepted_lengths += other.accepted_lengths
+        for phase in PHASES:
+            self.seconds[phase] += other.seconds[phase]
+
     @property
     def mean_accepted_tokens(self) -> float:
         """MAT: mean accepted draft tokens per verification step."""
