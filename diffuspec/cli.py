@@ -48,8 +48,9 @@ def _align(args: argparse.Namespace) -> None:
     from .training import align
 
     result = align(args.target, args.drafter, args.prompts, args.out, steps=args.steps, block=args.block,
-                   continuation=args.continuation,                   lr=args.lr, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens, device=args.device,
-                   mask_token_id=args.mask_token_id, logits_shift=args.logits_shift)
+                   continuation=args.continuation, lr=args.lr, batch_size=args.batch_size,
+                   prompt_tokens=args.prompt_tokens, device=args.device, mask_token_id=args.mask_token_id,
+                   logits_shift=args.logits_shift, ngram_order=args.ngram_order)
     print(json.dumps(result, indent=2))
 
 
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--mask-token-id", type=int)
     al.add_argument("--logits-shift", action=argparse.BooleanOptionalAction, default=None,
                     help="Dream-style shifted drafter logits (default: from the drafter's config)")
+    al.add_argument("--ngram-order", type=int,
+                    help="order of CPS's corpus n-gram table, counted on the continuations and saved as "
+                    "cps_ngram.safetensors (default: the longest up to 5 the vocabulary allows)")
     al.add_argument("--device")
     al.set_defaults(run=_align)
     bench = sub.add_parser("bench", help="measure every method side by side (tokens/s, MAT, time split, memory)")

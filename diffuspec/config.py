@@ -31,11 +31,14 @@ class DiffuSpecConfig:
     cps_beam_width: int = 3
     cps_tau: float = 0.8
     cps_max_candidates: int = 15
-    # Weight of the drafter against the causal proxy. The paper's 0.5 pairs the drafter with a corpus-trained
-    # KenLM; our proxy only learns from the prompt and output so far, so it gets less say (on the demo pair
-    # lambda 0.5 / 0.7 / 0.9 / 1.0 gave MAT 2.38 / 2.99 / 3.30 / 3.10 for one drafter).
-    cps_lambda: float = 0.9
-    ngram_order: int = 3  # the CPS causal proxy: a token n-gram model learnt from prompt + output
+    # Weight of the drafter against the causal proxy; None: the paper's 0.5 when the drafter ships a corpus
+    # n-gram table (the paper's KenLM role), else 0.9, because a proxy that only learns from the prompt and
+    # output so far deserves less say (on the demo pair, online proxy only, lambda 0.5 / 0.7 / 0.9 / 1.0
+    # gave MAT 2.38 / 2.99 / 3.30 / 3.10).
+    cps_lambda: float | None = None
+    ngram_order: int = 3  # the online n-gram proxy, learnt from prompt + output
+    # Weight w of the corpus n-gram in the proxy, p = (1 - w) p_online + w p_corpus (no table: unused).
+    cps_corpus_weight: float = 0.8
     denoising_steps: int = 1  # S; the paper found S = 1 fastest
     logits_shift: bool | None = None  # Dream-style shifted drafter logits; None: True for model_type "dream"
     drafter_prefix_cache: bool = True  # reuse the drafter's context KV (approximate, lossless anyway)
@@ -58,7 +61,11 @@ class DiffuSpecConfig:
         need(self.draft_length is None or self.draft_length >= 1, "draft_length must be >= 1 (or None for ADL)")
         need(0.0 < self.adl_rho <= 1.0, f"adl_rho must be in (0, 1], got {self.adl_rho}")
         need(0.0 < self.cps_tau <= 1.0, f"cps_tau must be in (0, 1], got {self.cps_tau}")
-        need(0.0 <= self.cps_lambda <= 1.0, f"cps_lambda must be in [0, 1], got {self.cps_lambda}")
+        need(
+            self.cps_lambda is None or 0.0 <= self.cps_lambda <= 1.0,
+            f"cps_lambda must be in [0, 1] (or None), got {self.cps_lambda}",
+        )
+        need(0.0 <= self.cps_corpus_weight <= 1.0, f"cps_corpus_weight must be in [0, 1], got {self.cps_corpus_weight}")
         need(self.cps_beam_width >= 1 and self.cps_max_candidates >= 1, "CPS beam width and candidates must be >= 1")
         need(self.denoising_steps >= 1, f"denoising_steps must be >= 1, got {self.denoising_steps}")
         need(

@@ -21,7 +21,7 @@ from .aio import aiterate
 from .config import DiffuSpecConfig, DiffuSpecError
 from .draft_length import ADLState, adl_update, generated_length
 from .drafters import ARDrafter, Draft, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
-from .path_search import NGramProxy, PathSearch
+from .path_search import CorpusNGram, NGramProxy, PathSearch
 from .stats import DecodingStats
 from .stopping import find_stop, safe_length
 from .verification import SamplingParams, greedy_accept, sample_accept
@@ -127,7 +127,8 @@ class DiffuSpec:
     """Lossless speculative decoding of ``target`` with a one-pass diffusion ``drafter``.
 
     ``drafter`` is a masked-diffusion HF model or any ``Drafter``; ``ar_drafter`` an optional small AR model
-    for ``mode="ar-drafter"``. One generation runs at a time per engine.
+    for ``mode="ar-drafter"``; ``cps_ngram`` an optional corpus n-gram table for CPS's causal proxy (a drafter
+    directory's ``cps_ngram.safetensors``). One generation runs at a time per engine.
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class DiffuSpec:
         *,
         ar_drafter: PreTrainedModel | None = None,
         mask_token_id: int | None = None,
+        cps_ngram: CorpusNGram | None = None,
     ) -> None:
         self.target, self.tokenizer = target, tokenizer
         self.config = config or DiffuSpecConfig()
@@ -150,14 +152,21 @@ class DiffuSpec:
         self.device = target.device
         self._drafters = self._build_drafters()
         cfg = self.config
+        if cps_ngram is not None and cps_ngram.vocab_size != self.vocab_size:
+            raise DiffuSpecError(
+                f"the CPS n-gram table counts {cps_ngram.vocab_size} tokens but the target has {self.vocab_size}: "
+                "it belongs to another tokenizer. Rebuild it for this pair (`diffuspec align` writes one) or "
+                "leave it out."
+            )
+        self._cps_ngram = cps_ngram
         self._path_search = PathSearch(
             enabled=cfg.cps,
             beam_width=cfg.cps_beam_width,
             tau=cfg.cps_tau,
             max_candidates=cfg.cps_max_candidates,
-            lam=cfg.cps_lambda,
+            lam=cfg.cps_lambda if cfg.cps_lambda is not None else 0.5 if cps_ngram else 0.9,
         )
-        self._proxy = NGramProxy(self.vocab_size, cfg.ngram_order)
+        self._proxy = NGramProxy(self.vocab_size, cfg.ngram_order, cps_ngram, cfg.cps_corpus_weight)
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)
@@ -195,6 +204,7 @@ class DiffuSpec:
             config,
             ar_drafter=models.ar_drafter,
             mask_token_id=mask_token_id,
+            cps_ngram=models.cps_ngram,
         )
 
     def with_config(self, **changes: Any) -> DiffuSpec:
@@ -206,12 +216,18 @@ class DiffuSpec:
             replace(self.config, **changes),
             ar_drafter=self._ar_drafter_model,
             mask_token_id=self._mask_token_id,
+            cps_ngram=self._cps_ngram,
         )
 
     @property
     def ar_drafter_model(self) -> PreTrainedModel | None:
         """The AR draft model behind ``mode="ar-drafter"``, if any."""
         return self._ar_drafter_model
+
+    @property
+    def cps_ngram(self) -> CorpusNGram | None:
+        """The corpus n-gram table in CPS's causal proxy, if the engine has one."""
+        return self._cps_ngram
 
     @property
     def modes(self) -> tuple[str, ...]:

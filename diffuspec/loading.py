@@ -10,9 +10,11 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import DiffuSpecError
+from .path_search import CorpusNGram
 
 EMBEDDED_DIR = Path(__file__).parent / "demo"
 EMBEDDED = {role: EMBEDDED_DIR / role for role in ("target", "drafter", "ar_drafter")}
+CPS_NGRAM_FILE = "cps_ngram.safetensors"  # a drafter directory may carry CPS's corpus n-gram table
 
 
 @dataclass
@@ -21,6 +23,7 @@ class LoadedModels:
     drafter: PreTrainedModel | None
     ar_drafter: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
+    cps_ngram: CorpusNGram | None = None
 
 
 def default_device() -> str:
@@ -78,7 +81,8 @@ def load_models(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModels:
-    """Load target, drafter(s) and the target's tokenizer; check that the tokenizers agree."""
+    """Load target, drafter(s), the target's tokenizer and the drafter directory's CPS n-gram table if it has
+    one; check that the tokenizers agree."""
     if target is None:
         if drafter is not None or ar_drafter is not None:
             raise DiffuSpecError("a drafter was given without a target: pass target=... too")
@@ -96,7 +100,13 @@ def load_models(
         drafter=_load_model(drafter, **load) if drafter else None,
         ar_drafter=_load_model(ar_drafter, **load) if ar_drafter else None,
         tokenizer=tokenizer,
+        cps_ngram=_cps_ngram(drafter),
     )
+
+
+def _cps_ngram(drafter: str | None) -> CorpusNGram | None:
+    table = Path(drafter) / CPS_NGRAM_FILE if drafter else None
+    return CorpusNGram.load(table) if table and table.is_file() else None
 
 
 _SHARED: dict[tuple, object] = {}

@@ -6,7 +6,8 @@ searches left to right, scoring each path by
 
     S(path) = sum_i  lam * log q_i(path_i)  +  (1 - lam) * log p_ng(path_i | prefix, path_<i)
 
-with a cheap causal proxy p_ng (here an n-gram model built online from the prompt and the text so far).
+with a cheap causal proxy p_ng: an n-gram model built online from the prompt and the text so far, mixed with
+a fixed corpus n-gram when the drafter ships one (the paper used a corpus-trained KenLM).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -31,21 +33,132 @@ class CausalProxy(Protocol):
 
     def extend(self, tokens: Sequence[int]) -> None: ...
 
-    def logprob(self, history: tuple[int, ...], token: int) -> float: ...
+    def logprobs(self, histories: Sequence[tuple[int, ...]], tokens: Sequence[int]) -> list[float]:
+        """log p(token_r | history_r) for each row r (one call per lattice position: the beams' candidates)."""
+        ...
+
+
+class CorpusNGram:
+    """A fixed token n-gram model counted once from a corpus: the paper's KenLM role, for one tokenizer.
+
+    Interpolated Witten-Bell like ``NGramProxy``, stored as sorted integer keys per history length (a
+    history of h tokens and the next token make one base-V number), so a batch of lookups is a few
+    ``searchsorted`` calls. (history, token) pairs seen fewer than ``min_count`` times are dropped to keep
+    the table small; their histories keep their totals, so the probabilities stay normalised.
+    """
+
+    def __init__(self, vocab_size: int, tables: Sequence[dict[str, torch.Tensor]]) -> None:
+        if len(tables) > self.longest_order(vocab_size):
+            raise ValueError(
+                f"a {len(tables)}-gram over {vocab_size} tokens does not fit 64-bit keys: use a lower order"
+            )
+        self.vocab_size, self.order, self.tables = vocab_size, len(tables), list(tables)
+
+    @staticmethod
+    def longest_order(vocab_size: int) -> int:
+        """The longest n-gram whose keys fit 63 bits (5 for a 2k vocabulary, 3 for 150k)."""
+        order = 1
+        while vocab_size ** (order + 1) < 2**62:
+            order += 1
+        return order
+
+    @classmethod
+    def count(
+        cls, sequences: torch.Tensor, vocab_size: int, order: int = 4, *, start: int = 0, min_count: int = 2
+    ) -> CorpusNGram:
+        """Count ``sequences`` ([n, L] token ids) from position ``start`` on (earlier tokens serve only as
+        history, e.g. a prompt before the continuation one wants to model)."""
+        seqs = sequences.long().cpu()
+        v, length = vocab_size, seqs.shape[1]
+        tables = []
+        for h in range(order):
+            pos = torch.arange(max(start, h), length)
+            history = torch.zeros(seqs.shape[0], pos.numel(), dtype=torch.long)
+            for i in range(h):
+                history = history * v + seqs[:, pos - h + i]
+            keys, counts = torch.unique(history * v + seqs[:, pos], return_counts=True)  # sorted
+            if h:  # the table is then exactly the n-gram model of what was seen often enough
+                kept = counts >= min_count
+                keys, counts = keys[kept], counts[kept]
+            contexts, inverse, types = torch.unique_consecutive(keys // v, return_inverse=True, return_counts=True)
+            totals = torch.zeros_like(contexts).index_add_(0, inverse, counts)
+            tables.append({
+                "keys": keys, "counts": counts.int(),
+                "contexts": contexts, "totals": totals.int(), "types": types.int(),
+            })
+        return cls(vocab_size, tables)
+
+    def probs(self, histories: Sequence[tuple[int, ...]], tokens: Sequence[int]) -> torch.Tensor:
+        v, rows = self.vocab_size, len(tokens)
+        token = torch.tensor(tokens, dtype=torch.long)
+        lengths = torch.tensor([len(h) for h in histories])
+        width = self.order - 1
+        recent = torch.zeros(rows, max(width, 1), dtype=torch.long)  # the last tokens, right-aligned
+        for r, history in enumerate(histories):
+            tail = history[len(history) - width :] if width else ()
+            if tail:
+                recent[r, width - len(tail) :] = torch.tensor(tail)
+        prob = torch.full((rows,), 1.0 / v, dtype=torch.float64)
+        alive = torch.ones(rows, dtype=torch.bool)
+        context = torch.zeros(rows, dtype=torch.long)
+        for h, table in enumerate(self.tables):
+            if h:
+                context = recent[:, width - h] * v ** (h - 1) + context
+            alive &= lengths >= h
+            at, found = _lookup(table["contexts"], context)
+            alive &= found
+            if not alive.any():
+                break  # a longer history than this was never seen either
+            hit, seen = _lookup(table["keys"], context * v + token)
+            count = torch.where(seen, table["counts"][hit], 0).double()
+            types, total = table["types"][at].double(), table["totals"][at].double()
+            prob = torch.where(alive, (count + types * prob) / (total + types), prob)
+        return prob
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"{h}.{name}": t.contiguous() for h, table in enumerate(self.tables) for name, t in table.items()}
+        save_file(tensors, str(path), metadata={"vocab_size": str(self.vocab_size), "order": str(self.order)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> CorpusNGram:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tables = [
+                {name: f.get_tensor(f"{h}.{name}") for name in ("keys", "counts", "contexts", "totals", "types")}
+                for h in range(int(meta["order"]))
+            ]
+        return cls(int(meta["vocab_size"]), tables)
+
+
+def _lookup(sorted_keys: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, found) of each query in a sorted key table."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(queries), torch.zeros_like(queries, dtype=torch.bool)
+    at = torch.searchsorted(sorted_keys, queries).clamp_(max=sorted_keys.numel() - 1)
+    return at, sorted_keys[at] == queries
 
 
 class NGramProxy:
-    """Token-level interpolated n-gram model (Witten-Bell back-off to uniform), learnt online.
+    """Token-level interpolated n-gram model (Witten-Bell back-off to uniform), learnt online, optionally
+    mixed with a fixed ``CorpusNGram``: p = (1 - w) p_online + w p_corpus (a cache model beside a corpus
+    model: the online part knows this prompt's names, the corpus part how the text usually goes on).
 
-    Needs no corpus: the engine resets it per generation and extends it with the prompt, then with each
-    block of verified tokens.
+    The engine resets it per generation and extends it with the prompt, then with each block of verified
+    tokens; the corpus part never changes.
     """
 
-    def __init__(self, vocab_size: int, order: int = 3) -> None:
+    def __init__(
+        self, vocab_size: int, order: int = 3, corpus: CorpusNGram | None = None, corpus_weight: float = 0.5
+    ) -> None:
         if order < 1:
             raise ValueError(f"n-gram order must be >= 1, got {order}")
-        self.order = order
-        self.vocab_size = vocab_size
+        self.online_order = order
+        self.order = max(order, corpus.order if corpus else 1)
+        self.vocab_size, self.corpus, self.corpus_weight = vocab_size, corpus, corpus_weight
         self.reset()
 
     def reset(self) -> None:
@@ -56,22 +169,33 @@ class NGramProxy:
     def extend(self, tokens: Sequence[int]) -> None:
         for token in tokens:
             t = len(self._seen)
-            for h in range(min(self.order - 1, t) + 1):
+            for h in range(min(self.online_order - 1, t) + 1):
                 history = tuple(self._seen[t - h : t])
                 self._counts[history][token] += 1
                 self._totals[history] += 1
             self._seen.append(token)
 
-    def logprob(self, history: tuple[int, ...], token: int) -> float:
+    def _online_prob(self, history: tuple[int, ...], token: int) -> float:
         prob = 1.0 / self.vocab_size
-        for h in range(min(self.order - 1, len(history)) + 1):
+        for h in range(min(self.online_order - 1, len(history)) + 1):
             context = history[len(history) - h :]
             counts = self._counts.get(context)
             if not counts:
                 break  # a longer history than this was never seen either
             types = len(counts)
             prob = (counts[token] + types * prob) / (self._totals[context] + types)
-        return math.log(prob)
+        return prob
+
+    def logprobs(self, histories: Sequence[tuple[int, ...]], tokens: Sequence[int]) -> list[float]:
+        online = [self._online_prob(h, t) for h, t in zip(histories, tokens)]
+        if self.corpus is None:
+            return [math.log(p) for p in online]
+        w = self.corpus_weight
+        corpus = self.corpus.probs(histories, tokens).tolist()
+        return [math.log((1.0 - w) * a + w * b) for a, b in zip(online, corpus)]
+
+    def logprob(self, history: tuple[int, ...], token: int) -> float:
+        return self.logprobs([history], [token])[0]
 
 
 def prune_lattice(
@@ -113,18 +237,19 @@ def beam_search(
 ) -> list[int]:
     """Best left-to-right path through ``lattice``; a path that takes EOS ends there."""
     eos = set(eos_token_ids)
-    tail = tuple(history[len(history) - (proxy.order - 1) :]) if proxy.order > 1 else ()
+    keep = proxy.order - 1  # history the proxy reads
+    tail = tuple(history[len(history) - keep :]) if keep else ()
     beams: list[tuple[float, tuple[int, ...], bool]] = [(0.0, (), False)]  # score, path, finished
     for candidates in lattice:
-        expanded = []
-        for score, path, finished in beams:
-            if finished:
-                expanded.append((score, path, True))
-                continue
-            context = (tail + path)[len(tail + path) - (proxy.order - 1) :] if proxy.order > 1 else ()
-            for token, drafter_logprob in candidates:
-                step = lam * drafter_logprob + (1.0 - lam) * proxy.logprob(context, token)
-                expanded.append((score + step, path + (token,), token in eos))
+        done = [beam for beam in beams if beam[2]]
+        live = [beam for beam in beams if not beam[2]]
+        rows = [(beam, token, lp) for beam in live for token, lp in candidates]
+        contexts = [(tail + beam[1])[len(tail + beam[1]) - keep :] if keep else () for beam, _, _ in rows]
+        proxy_logprobs = proxy.logprobs(contexts, [token for _, token, _ in rows]) if rows else []
+        expanded = done + [
+            (score + lam * drafter_logprob + (1.0 - lam) * proxy_lp, path + (token,), token in eos)
+            for ((score, path, _), token, drafter_logprob), proxy_lp in zip(rows, proxy_logprobs)
+        ]
         expanded.sort(key=lambda beam: beam[0], reverse=True)
         beams = expanded[:beam_width]
     return list(beams[0][1])

@@ -28,6 +28,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .loading import CPS_NGRAM_FILE
+from .path_search import CorpusNGram
+
 EOS_TOKEN, MASK_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|mask|>", "<|pad|>"
 SKIPPED_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages"}
 
@@ -67,7 +70,8 @@ class DemoRecipe:
     align_steps: int = 3000  # streak distillation of the diffusion drafter; the AR drafter gets the same budget
     align_batch: int = 32
     align_lr: float = 2e-3
-    eval_prompts: int = 16
+    cps_ngram_order: int = 5  # CPS's corpus n-gram table, counted on the target's continuations
+    eval_prompts: int = 64
     eval_new_tokens: int = 96
 
 
@@ -318,9 +322,12 @@ def align_drafter(
 
 def evaluate_pair(engine, prompts: Sequence[str], new_tokens: int) -> dict[str, dict[str, float]]:
     """Greedy MAT and tokens per step of each available drafting variant on ``prompts``; every output is
-    checked against the target's own greedy output."""
+    checked against the target's own greedy output. (``diffuspec-online-ngram`` equals ``diffuspec`` when
+    the engine has no corpus n-gram table.)"""
     variants = {
         "diffuspec": (engine, "diffuspec"),
+        # the proxy without the corpus table, lambda as the engine uses it then
+        "diffuspec-online-ngram": (engine.with_config(cps_corpus_weight=0.0, cps_lambda=0.9), "diffuspec"),
         "diffuspec-no-cps": (engine.with_config(cps=False), "diffuspec"),
         "ar-drafter": (engine, "ar-drafter"),
     }
@@ -437,13 +444,16 @@ def train_demo(
         curves["target: causal LM loss"] = fit(
             target, lambda s: causal_lm_loss(target, batch()), recipe.target_steps, recipe.lr, "target"
         )
-    print("[3/7] distillation set: the target's greedy continuations of corpus prompts")
+    print("[3/7] distillation set: the target's greedy continuations of corpus prompts; CPS's n-gram table")
     gen = stage(3)
     prompts = random_windows(train_stream, recipe.distil_prompts, recipe.distil_prompt_len, gen).to(device)
     # Wide batches: decoding is launch-bound on a GPU; on CPU 256 rows was the fastest per sequence measured.
     rows = 256 if torch.device(device).type == "cpu" else 2048
     continuations = greedy_continuations(target, prompts, recipe.distil_continuation, batch=rows)
     sequences = torch.cat([prompts, continuations], dim=1)
+    cps_ngram = CorpusNGram.count(
+        sequences, len(tokenizer), recipe.cps_ngram_order, start=recipe.distil_prompt_len
+    )
     eval_prompts = [
         tokenizer.decode(w)
         for w in random_windows(heldout_stream, recipe.eval_prompts, recipe.seq_len // 2, gen).tolist()
@@ -474,7 +484,7 @@ def train_demo(
         recipe.lr, "AR drafter",
     )
     config = DiffuSpecConfig()
-    engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter)
+    engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter, cps_ngram=cps_ngram)
     before = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens)
 
     print("[6/7] align the drafter (streak distillation); distil the AR drafter on the same continuations")
@@ -498,7 +508,7 @@ def train_demo(
     )
 
     print("[7/7] evaluation, model cards, plots")
-    engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter)
+    engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter, cps_ngram=cps_ngram)
     after = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens)
     val_gen = torch.Generator().manual_seed(recipe.seed + 1)
     val = random_windows(heldout_stream, 64, recipe.seq_len, val_gen).to(device)
@@ -547,6 +557,7 @@ def train_demo(
         model.to("cpu").save_pretrained(path)
         tokenizer.save_pretrained(path)
         (path / "README.md").write_text(_model_card(role, title, model, {**common, **facts}))
+    cps_ngram.save(out_dir / "drafter" / CPS_NGRAM_FILE)
     (out_dir / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in eval_prompts))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_losses(curves, out_dir / "training_curves.png")
@@ -582,12 +593,15 @@ def align(
     device: str | None = None,
     mask_token_id: int | None = None,
     logits_shift: bool | None = None,
+    ngram_order: int | None = None,
     seed: int = 0,
 ) -> dict:
     """Streak-distil any diffusion drafter towards any AR verifier with the same tokenizer, from the verifier's
-    own greedy continuations of ``prompts``; saves the aligned drafter to ``out_dir``."""
+    own greedy continuations of ``prompts``; saves the aligned drafter to ``out_dir``, with CPS's corpus n-gram
+    table counted on those continuations (``cps_ngram.safetensors``, loaded with the drafter; order: as given,
+    else the longest up to 5 that the vocabulary allows)."""
     from .config import DiffuSpecError
-    from .engine import resolve_logits_shift, resolve_mask_token
+    from .engine import _vocab_size, resolve_logits_shift, resolve_mask_token
     from .loading import load_models
 
     models = load_models(target_path, drafter_path, device=device)
@@ -608,5 +622,10 @@ def align(
     out = Path(out_dir)
     models.drafter.save_pretrained(out)
     models.tokenizer.save_pretrained(out)
+    vocab = _vocab_size(models.target)
+    order = ngram_order or min(5, CorpusNGram.longest_order(vocab))
+    CorpusNGram.count(torch.cat([prompts, continuations], dim=1), vocab, order, start=prompt_tokens).save(
+        out / CPS_NGRAM_FILE
+    )
     plot_losses({"streak loss": losses, "expected streak": streaks}, out / "alignment_curves.png")
     return {"prompts": len(encoded), "first_streak": streaks[0], "last_streak": streaks[-1]}

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import CONTEXT, hf_greedy, make_diffusion_drafter
 
-from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, Draft, Drafter
+from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, DiffuSpecError, Draft, Drafter
+from diffuspec.path_search import CorpusNGram
 
 PROMPTS = ["the quick brown fox jumps", "a, b. c", "zzz"]
 
@@ -46,6 +47,26 @@ def test_greedy_equals_target_generate(targets, drafter, shifted_drafter, tokeni
         assert out.text == tokenizer.decode(out.token_ids, skip_special_tokens=True)
         assert out.stats.new_tokens == len(out.token_ids)
         assert out.stats.target_forwards == out.stats.steps + 1  # prefill + one pass per step
+
+
+def test_corpus_ngram_proxy_stays_lossless_and_steers_the_path(targets, drafter, tokenizer):
+    target = targets["gpt2"]
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    reference = hf_greedy(target, ids, 40)
+    # A table counted on the target's own output: the proxy now knows where the text goes.
+    table = CorpusNGram.count(torch.tensor([ids + reference]), len(tokenizer), order=4, start=len(ids), min_count=1)
+    plain = DiffuSpec(target, drafter, tokenizer)
+    engine = DiffuSpec(target, drafter, tokenizer, cps_ngram=table)
+    out = engine.generate(ids, max_new_tokens=40)
+    assert out.token_ids == reference
+    assert out.stats.accepted_tokens > plain.generate(ids, max_new_tokens=40).stats.accepted_tokens
+    assert engine.with_config(cps=False).generate(ids, max_new_tokens=40).token_ids == reference
+
+
+def test_corpus_ngram_of_another_vocabulary_is_refused(targets, drafter, tokenizer):
+    table = CorpusNGram.count(torch.tensor([[1, 2, 3]]), len(tokenizer) + 5, order=2)
+    with pytest.raises(DiffuSpecError, match="another tokenizer"):
+        DiffuSpec(targets["llama"], drafter, tokenizer, cps_ngram=table)
 
 
 @pytest.mark.parametrize("mode", ["ar", "prompt-lookup", "ar-drafter"])

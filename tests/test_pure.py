@@ -8,7 +8,7 @@ from scipy.stats import chisquare
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from diffuspec.draft_length import ADLState, adl_update, generated_length
-from diffuspec.path_search import NGramProxy, PathSearch, beam_search, prune_lattice
+from diffuspec.path_search import CorpusNGram, NGramProxy, PathSearch, beam_search, prune_lattice
 from diffuspec.stopping import find_stop, safe_length
 from diffuspec.verification import SamplingParams, greedy_accept, sample_accept
 
@@ -69,6 +69,53 @@ def test_ngram_proxy_is_a_distribution():
     for history in [(), (2,), (1, 2), (5, 5)]:
         assert sum(math.exp(proxy.logprob(history, t)) for t in range(6)) == pytest.approx(1.0)
     assert proxy.logprob((1, 2), 3) > proxy.logprob((1, 2), 4) > proxy.logprob((1, 2), 5)
+
+
+SEQUENCE = [1, 2, 3, 1, 2, 4, 1, 2, 3, 5, 1, 2, 3]
+HISTORIES = [(), (2,), (1, 2), (5, 5), (3, 1, 2), (4,)]
+
+
+def test_corpus_ngram_equals_the_online_model_on_the_same_text():
+    corpus = CorpusNGram.count(torch.tensor([SEQUENCE]), vocab_size=6, order=3, min_count=1)
+    online = NGramProxy(vocab_size=6, order=3)
+    online.extend(SEQUENCE)
+    rows = [(h, t) for h in HISTORIES for t in range(6)]
+    expected = [math.exp(online.logprob(h, t)) for h, t in rows]
+    assert corpus.probs([h for h, _ in rows], [t for _, t in rows]).tolist() == pytest.approx(expected)
+
+
+def test_corpus_ngram_prunes_rare_pairs_and_stays_a_distribution(tmp_path):
+    corpus = CorpusNGram.count(torch.tensor([SEQUENCE, SEQUENCE[::-1]]), vocab_size=6, order=3, start=2)
+    assert all(int(c.min()) >= 2 for table in corpus.tables[1:] for c in [table["counts"]])
+    for history in HISTORIES:
+        assert float(corpus.probs([history] * 6, list(range(6))).sum()) == pytest.approx(1.0)
+    corpus.save(tmp_path / "table.safetensors")
+    loaded = CorpusNGram.load(tmp_path / "table.safetensors")
+    assert (loaded.order, loaded.vocab_size) == (3, 6)
+    assert torch.equal(loaded.probs(HISTORIES, [3] * 6), corpus.probs(HISTORIES, [3] * 6))
+
+
+def test_corpus_ngram_refuses_keys_that_overflow():
+    assert (CorpusNGram.longest_order(2048), CorpusNGram.longest_order(151_936)) == (5, 3)
+    with pytest.raises(ValueError, match="lower order"):
+        CorpusNGram.count(torch.tensor([[1, 2, 3]]), vocab_size=200_000, order=4)
+
+
+def test_proxy_mixes_online_and_corpus_models():
+    corpus = CorpusNGram.count(torch.tensor([[1, 2, 3] * 4]), vocab_size=6, order=3, min_count=1)
+    online_only, corpus_only = NGramProxy(6, 2), NGramProxy(6, 2, corpus, corpus_weight=1.0)
+    mixed = NGramProxy(6, 2, corpus, corpus_weight=0.25)
+    for proxy in (online_only, corpus_only, mixed):
+        proxy.extend([4, 5, 4, 5])
+    assert mixed.order == 3  # reads as much history as its longer part
+    for history in [(1, 2), (4,), ()]:
+        got = [math.exp(mixed.logprob(history, t)) for t in range(6)]
+        want = [
+            0.75 * math.exp(online_only.logprob(history, t)) + 0.25 * math.exp(corpus_only.logprob(history, t))
+            for t in range(6)
+        ]
+        assert got == pytest.approx(want) and sum(got) == pytest.approx(1.0)
+    assert corpus_only.logprob((1, 2), 3) > math.log(0.5)
 
 
 # ----- ADL ------------------------------------------------------------------------------------------------

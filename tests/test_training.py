@@ -3,6 +3,7 @@
 import torch
 
 from diffuspec import DiffuSpec
+from diffuspec.loading import CPS_NGRAM_FILE
 from diffuspec.training import (
     PRESETS, align_drafter, build_ar_model, build_diffusion_model, causal_lm_loss, fit, greedy_continuations,
     random_windows, stdlib_corpus, streak_loss, token_stream, train_demo, train_tokenizer,
@@ -14,11 +15,14 @@ def test_train_demo_tiny_end_to_end(tmp_path):
     for role in ("target", "drafter", "ar_drafter"):
         assert (tmp_path / role / "model.safetensors").exists() and (tmp_path / role / "README.md").exists()
     assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "drafter" / CPS_NGRAM_FILE).exists()
     engine = DiffuSpec.from_pretrained(str(tmp_path / "target"), str(tmp_path / "drafter"),
                                        ar_drafter=str(tmp_path / "ar_drafter"))
     out = engine.generate("import", max_new_tokens=16)
     assert out.token_ids == engine.generate("import", max_new_tokens=16, mode="ar").token_ids
-    assert set(metrics["greedy_acceptance_after_alignment"]) == {"diffuspec", "diffuspec-no-cps", "ar-drafter"}
+    assert set(metrics["greedy_acceptance_after_alignment"]) == {
+        "diffuspec", "diffuspec-online-ngram", "diffuspec-no-cps", "ar-drafter"
+    }
 
 
 def test_losses_fall_and_alignment_raises_acceptance():
@@ -58,5 +62,6 @@ def test_align_command_on_saved_models(tmp_path, targets, drafter, tokenizer):
             "--batch-size", "2", "--device", "cpu"]
     assert main(args + ["--prompt-tokens", "8"]) == 0
     engine = DiffuSpec.from_pretrained(str(tmp_path / "target"), str(tmp_path / "aligned"))
+    assert engine.cps_ngram is not None and engine.cps_ngram.order == 5  # written beside the drafter
     assert engine.generate("abc", max_new_tokens=8).token_ids == engine.generate("abc", max_new_tokens=8, mode="ar").token_ids
     assert main(args + ["--prompt-tokens", "500"]) == 2  # no prompt that long: a clear error
