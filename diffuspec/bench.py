@@ -115,7 +115,7 @@ def run_benchmark(
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 128,
-    repeats: int = 2,
+    repeats: int = 1,
     methods: dict[str, Runner] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:

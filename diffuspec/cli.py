@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--spec-bench", help="a Spec-Bench question.jsonl (first turn of each question)")
     bench.add_argument("--limit", type=int, help="use only the first N prompts")
     bench.add_argument("--max-new-tokens", type=int, default=128)
-    bench.add_argument("--repeats", type=int, default=2)
+    bench.add_argument("--repeats", type=int, default=1, help="passes over the prompts (their stats are summed)")
     bench.add_argument("--methods", nargs="+", help="subset of methods (the AR reference always runs)")
     bench.add_argument("--device")
     bench.add_argument("--out", default="bench-results")

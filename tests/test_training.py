@@ -5,8 +5,19 @@ import torch
 from diffuspec import DiffuSpec
 from diffuspec.loading import CPS_NGRAM_FILE
 from diffuspec.training import (
-    PRESETS, align_drafter, build_ar_model, build_diffusion_model, causal_lm_loss, fit, greedy_continuations,
-    random_windows, stdlib_corpus, streak_loss, token_stream, train_demo, train_tokenizer,
+    PRESETS,
+    align_drafter,
+    build_ar_model,
+    build_diffusion_model,
+    causal_lm_loss,
+    fit,
+    greedy_continuations,
+    random_windows,
+    stdlib_corpus,
+    streak_loss,
+    token_stream,
+    train_demo,
+    train_tokenizer,
 )
 
 
