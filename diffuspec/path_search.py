@@ -50,7 +50,7 @@ class CorpusNGram:
     def __init__(self, vocab_size: int, tables: Sequence[dict[str, torch.Tensor]]) -> None:
         if len(tables) > self.longest_order(vocab_size):
             raise ValueError(
-                f"a {len(tables)}-gram over {vocab_size} tokens does not fit 64-bit keys: use a lower order"
+                f"a {len(tables)}-gram over {vocab_size} tokens does not fit 63-bit keys: use a lower order"
             )
         self.vocab_size, self.order, self.tables = vocab_size, len(tables), list(tables)
         # Looked up as Python dicts: CPS asks a few hundred single questions per draft, and a dict answers one
@@ -135,7 +135,7 @@ class NGramProxy:
     """
 
     def __init__(
-        self, vocab_size: int, order: int = 3, corpus: CorpusNGram | None = None, corpus_weight: float = 0.5
+        self, vocab_size: int, order: int = 3, corpus: CorpusNGram | None = None, corpus_weight: float = 0.8
     ) -> None:
         if order < 1:
             raise ValueError(f"n-gram order must be >= 1, got {order}")
