@@ -86,3 +86,19 @@ class DecodingStats:
             "tokens_per_second": self.tokens_per_second,
             "per_position_acceptance": self.per_position_acceptance,
         }
+
+
+def repeated_ngram_share(token_ids: list[int], n: int = 4) -> float:
+    """Share of tokens that lie inside an n-gram seen earlier in the same output: 0 for text that never
+    repeats itself, near 1 for a degenerate loop. Reported beside MAT, so a run that is fast only because it
+    repeats itself (repetition is easy to draft) cannot pass as a good one."""
+    if len(token_ids) < n:
+        return 0.0
+    seen: set[tuple[int, ...]] = set()
+    repeated = [False] * len(token_ids)
+    for i in range(len(token_ids) - n + 1):
+        gram = tuple(token_ids[i : i + n])
+        if gram in seen:
+            repeated[i : i + n] = [True] * n
+        seen.add(gram)
+    return sum(repeated) / len(token_ids)
