@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("diffuspec", "ar", "ar-drafter", "prompt-lookup")
+MODES = ("diffuspec", "ar", "ar-drafter", "prompt-lookup", "dlm", "spiffy")
 DRAFT_SAMPLING = ("point-mass", "proposal")
 
 
