@@ -41,7 +41,7 @@ class MethodTotals:
         self.wall_seconds += wall
         if stats is None:
             return
-        self.decoding.merge(stats)
+        self.decoding = self.decoding + stats
         if not self.draft_lengths_first_run:
             self.draft_lengths_first_run = list(stats.draft_lengths)
 
@@ -159,7 +159,7 @@ def run_benchmark(
     return {
         "machine": machine_description(engine),
         "settings": {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
-                     "engine_config": engine.config.__dict__, "note": LOSSLESS_NOTE},
+                     "engine_config": dict(engine.config.__dict__), "note": LOSSLESS_NOTE},
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "methods": [totals[name].row(reference_tps) for name in names],
         "traces": {name: {"accepted_lengths": t.decoding.accepted_lengths,

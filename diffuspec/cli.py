@@ -18,12 +18,14 @@ def _generate(args: argparse.Namespace) -> None:
         args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device, config=config
     )
     if args.json:
-        out = engine.generate(args.prompt, args.max_new_tokens, args.temperature, stop=args.stop, seed=args.seed)
+        out = engine.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, stop=args.stop,
+                              seed=args.seed)
         print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
                           "stats": out.stats.summary()}, indent=2))
         return
     event = None
-    for event in engine.stream(args.prompt, args.max_new_tokens, args.temperature, stop=args.stop, seed=args.seed):
+    for event in engine.stream(args.prompt, args.max_new_tokens, temperature=args.temperature, stop=args.stop,
+                               seed=args.seed):
         print(event.text, end="", flush=True)
     s = event.stats
     print(

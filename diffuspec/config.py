@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 
 MODES = ("diffuspec", "ar", "ar-drafter", "prompt-lookup", "dlm", "spiffy")
 DRAFT_SAMPLING = ("point-mass", "proposal")
+LENGTH_POLICIES = ("cost", "adl")
 
 
 class DiffuSpecError(ValueError):
@@ -21,9 +23,12 @@ class DiffuSpecConfig:
     k_max / 2 (16 here) and grows by delta only while drafts are accepted whole.
     """
 
-    mode: str = "diffuspec"  # "diffuspec" | "ar" (target alone) | "ar-drafter" | "prompt-lookup"
-    draft_length: int | None = None  # a fixed k; None lets ADL choose
-    k_min: int = 4
+    mode: str = "diffuspec"  # "diffuspec" | "ar" (target alone) | "ar-drafter" | "prompt-lookup" | "dlm" | "spiffy"
+    draft_length: int | None = None  # a fixed k; None lets the length policy choose
+    # "cost": the k (and whether CPS runs) that maximise expected tokens per second on the running machine;
+    # "adl": the paper's adaptive draft length (ignores cost).
+    length_policy: str = "cost"
+    k_min: int = 1
     k_max: int = 32
     adl_delta: float = 8.0
     adl_rho: float = 0.5
@@ -52,7 +57,22 @@ class DiffuSpecConfig:
             if not ok:
                 raise DiffuSpecError(message)
 
-        need(self.mode in MODES, f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
+        for f in fields(self):  # types first: True is no count, "no" no switch, "0.9" no number
+            value, allowed = getattr(self, f.name), str(f.type).replace(" ", "").split("|")
+            ok = (value is None and "None" in allowed) or any(
+                (kind == "bool" and isinstance(value, bool))
+                or (kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool))
+                or (kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool))
+                or (kind == "str" and isinstance(value, str))
+                for kind in allowed
+            )
+            need(ok, f"DiffuSpecConfig.{f.name} must be {' or '.join(allowed)}, got {value!r}")
+
+        need(isinstance(self.mode, str) and self.mode in MODES, f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
+        need(
+            self.length_policy in LENGTH_POLICIES,
+            f"length_policy {self.length_policy!r} is unknown: use one of {', '.join(LENGTH_POLICIES)}",
+        )
         need(
             self.draft_sampling in DRAFT_SAMPLING,
             f"draft_sampling {self.draft_sampling!r} is unknown: use one of {', '.join(DRAFT_SAMPLING)}",

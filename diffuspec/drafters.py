@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .caches import new_cache, rollback
+
 from .verification import SamplingParams
 
 
@@ -80,9 +82,9 @@ class CachedPrefixModel:
             m = min(self.cached_ids.numel(), context.numel() + extra.numel() - logits_needed)
             differs = (self.cached_ids[:m] != context[:m]).nonzero()
             reuse = int(differs[0]) if differs.numel() else m
-            self.cache.crop(reuse - self.cache.get_seq_length())
+            rollback(self.cache, self.cache.get_seq_length() - reuse)
         elif self.use_cache:
-            self.cache = DynamicCache(config=self.model.config)
+            self.cache = new_cache(self.model)
         feed = torch.cat([context[reuse:], extra]).unsqueeze(0)
         kwargs = {"logits_to_keep": logits_needed} if self._keep_arg else {}
         if self.bidirectional:
@@ -93,7 +95,7 @@ class CachedPrefixModel:
         if self.use_cache:
             self.cached_ids = torch.cat([context, extra]) if keep_extra else context
             if not keep_extra:
-                self.cache.crop(-extra.numel())
+                rollback(self.cache, extra.numel())
         return out.logits[0, -logits_needed:]
 
 

@@ -1,80 +1,31 @@
-"""The decoding loop: draft, choose a path, verify, keep the longest correct prefix plus the target's token.
-
-Every mode runs this one loop; only the drafter differs ("ar" drafts nothing, so each step is one plain
-KV-cached target step). The target's KV cache always holds every committed token but the last, which is fed
-first in the next verification pass together with the draft; rejected positions are cropped away.
+"""DiffuSpec: the engine. It owns the models, the tokenizer and a lock; each call validates its
+``GenerationParams``, builds the request's own proposer (drafter caches, n-gram proxy, length policy) and runs
+the one decoding loop (``loop.py``), or a diffusion LM's own sampler in the DLM modes (``dlm/``).
 """
 
 from __future__ import annotations
 
-import math
+import numbers
+import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .aio import aiterate
 from .config import DiffuSpecConfig, DiffuSpecError
-from .draft_length import ADLState, adl_update, generated_length
-from .drafters import ARDrafter, Draft, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
+from .drafters import ARDrafter, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
+from .events import Emitter, Generation, StepEvent
+from .length import ADLPolicy, CostAwarePolicy, FixedLength, LengthPolicy, MachineCosts
+from .loop import speculative_decode
+from .params import GenerationParams
 from .path_search import CorpusNGram, NGramProxy, PathSearch
-from .stats import DecodingStats
-from .stopping import find_stop, safe_length
-from .verification import SamplingParams, greedy_accept, sample_accept
-
-
-@dataclass
-class StepEvent:
-    """One verification step, as streamed."""
-
-    text: str  # new text, safe to show: never part of a stop string
-    token_ids: list[int]  # tokens committed this step
-    draft_length: int
-    accepted: int  # draft tokens accepted (the target's own token excluded)
-    stats: DecodingStats  # running totals of the generation (a live object: copy it to keep it)
-    finish_reason: str | None = None  # "eos" | "length" | "stop" on the last event
-
-
-@dataclass
-class Generation:
-    text: str  # the generated text only, never the prompt
-    token_ids: list[int]
-    finish_reason: str  # "eos" | "length" | "stop"
-    stats: DecodingStats
-
-
-class _Collected:
-    """Folds a stream of step events into one Generation."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.token_ids: list[int] = []
-        self.last: StepEvent | None = None
-
-    def add(self, event: StepEvent) -> None:
-        self.text.append(event.text)
-        self.token_ids += event.token_ids
-        self.last = event
-
-    def generation(self) -> Generation:
-        return Generation("".join(self.text), self.token_ids, self.last.finish_reason, self.last.stats)
-
-
-_DEFAULTS = dict(max_new_tokens=256, temperature=0.0, top_k=None, top_p=None, stop=None, seed=None, mode=None)
-
-
-@dataclass(frozen=True)
-class _Request:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: SamplingParams
-    stops: tuple[str, ...]
-    seed: int | None
-    drafter: Drafter | None
+from .proposers import DraftProposer, Proposer, TargetOnly
+from .verification import SamplingParams
 
 
 def context_window(config: Any) -> int:
@@ -90,13 +41,6 @@ def context_window(config: Any) -> int:
 
 def _vocab_size(model: PreTrainedModel) -> int:
     return model.get_output_embeddings().weight.shape[0]
-
-
-def _fit_vocab(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
-    """Drafter and target may pad their vocabularies differently; align the drafter's to the target's."""
-    if x.shape[-1] >= size:
-        return x[..., :size]
-    return torch.nn.functional.pad(x, (0, size - x.shape[-1]), value=fill)
 
 
 def resolve_mask_token(
@@ -128,7 +72,9 @@ class DiffuSpec:
 
     ``drafter`` is a masked-diffusion HF model or any ``Drafter``; ``ar_drafter`` an optional small AR model
     for ``mode="ar-drafter"``; ``cps_ngram`` an optional corpus n-gram table for CPS's causal proxy (a drafter
-    directory's ``cps_ngram.safetensors``). One generation runs at a time per engine.
+    directory's ``cps_ngram.safetensors``). One generation runs at a time per engine; everything a request
+    learns while it runs (drafter caches, n-gram proxy, length policy) is its own. What the engine keeps across
+    requests is what it measured of the machine: the cost curves of the cost-aware length policy.
     """
 
     def __init__(
@@ -150,8 +96,6 @@ class DiffuSpec:
         self.vocab_size = _vocab_size(target)
         self.eos_token_ids = self._eos_ids()
         self.device = target.device
-        self._drafters = self._build_drafters()
-        cfg = self.config
         if cps_ngram is not None and cps_ngram.vocab_size != self.vocab_size:
             raise DiffuSpecError(
                 f"the CPS n-gram table counts {cps_ngram.vocab_size} tokens but the target has {self.vocab_size}: "
@@ -159,14 +103,16 @@ class DiffuSpec:
                 "leave it out."
             )
         self._cps_ngram = cps_ngram
+        self._drafters = self._drafter_factories()
+        cfg = self.config
         self._path_search = PathSearch(
-            enabled=cfg.cps,
+            enabled=True,
             beam_width=cfg.cps_beam_width,
             tau=cfg.cps_tau,
             max_candidates=cfg.cps_max_candidates,
             lam=cfg.cps_lambda if cfg.cps_lambda is not None else 0.5 if cps_ngram else 0.9,
         )
-        self._proxy = NGramProxy(self.vocab_size, cfg.ngram_order, cps_ngram, cfg.cps_corpus_weight)
+        self._costs = MachineCosts.empty()
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)
@@ -256,267 +202,179 @@ class DiffuSpec:
                 f"tokenizer."
             )
 
-    def _build_drafters(self) -> dict[str, Drafter | None]:
+    def _drafter_factories(self) -> dict[str, Callable[[], Drafter] | None]:
+        """Per mode, how to make a request's drafter (None: the target alone). Model drafters are made fresh
+        per request, so their caches are the request's; a ``Drafter`` object given by the caller is reused
+        (and reset) for every request."""
         cfg = self.config
-        drafters: dict[str, Drafter | None] = {
+        factories: dict[str, Callable[[], Drafter] | None] = {
             "ar": None,
-            "prompt-lookup": PromptLookupDrafter(max_ngram=cfg.prompt_lookup_max_ngram),
+            "prompt-lookup": lambda: PromptLookupDrafter(max_ngram=cfg.prompt_lookup_max_ngram),
         }
         model = self._drafter_model
         if isinstance(model, Drafter):
-            drafters["diffuspec"] = model
+            factories["diffuspec"] = lambda: model
         elif model is not None:
             self._check_pair_model(model, "drafter")
-            drafters["diffuspec"] = MaskedDiffusionDrafter(
-                model,
-                resolve_mask_token(self.tokenizer, model, self._mask_token_id),
-                shifted=resolve_logits_shift(model, cfg.logits_shift),
-                denoising_steps=cfg.denoising_steps,
-                prefix_cache=cfg.drafter_prefix_cache,
+            mask = resolve_mask_token(self.tokenizer, model, self._mask_token_id)
+            shifted = resolve_logits_shift(model, cfg.logits_shift)
+            factories["diffuspec"] = lambda: MaskedDiffusionDrafter(
+                model, mask, shifted=shifted, denoising_steps=cfg.denoising_steps, prefix_cache=cfg.drafter_prefix_cache
             )
         if self._ar_drafter_model is not None:
             self._check_pair_model(self._ar_drafter_model, "AR drafter")
-            drafters["ar-drafter"] = ARDrafter(self._ar_drafter_model)
-        return drafters
+            factories["ar-drafter"] = lambda: ARDrafter(self._ar_drafter_model)
+        return factories
 
-    def _require_mode(self, mode: str) -> Drafter | None:
+    def _require_mode(self, mode: str) -> None:
         if mode not in self._drafters:
-            needs = {"diffuspec": "a diffusion drafter (drafter=...)", "ar-drafter": "ar_drafter=..."}
+            needs = {"diffuspec": "a diffusion drafter (drafter=...)", "ar-drafter": "ar_drafter=...",
+                     "dlm": "a diffusion model (drafter=...)", "spiffy": "a diffusion model (drafter=...)"}
             raise DiffuSpecError(f"mode {mode!r} needs {needs.get(mode, 'a known mode')}; this engine has none")
-        return self._drafters[mode]
 
-    def _prepare(
-        self,
-        prompt: str | Sequence[int],
-        max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        stop: str | Sequence[str] | None,
-        seed: int | None,
-        mode: str | None,
-    ) -> _Request:
+    def _prompt_ids(self, prompt: Any) -> list[int]:
+        """Text (tokenized here) or token ids (used as they are), checked."""
         if isinstance(prompt, str):
             if not prompt:
                 raise DiffuSpecError("the prompt is empty: give at least one character of text")
-            prompt_ids = self.tokenizer(prompt)["input_ids"]
+            ids = self.tokenizer(prompt)["input_ids"]
+        elif isinstance(prompt, torch.Tensor) and prompt.dim() == 1 and not prompt.is_floating_point():
+            ids = prompt.tolist()
+        elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)) or hasattr(prompt, "tolist"):
+            ids = list(prompt.tolist() if hasattr(prompt, "tolist") else prompt)
+            bad = next((t for t in ids if not _is_token_id(t)), None)
+            if bad is not None:
+                raise DiffuSpecError(
+                    f"a token-id prompt must hold integers only, got {bad!r} ({type(bad).__name__}): pass a flat "
+                    "list of ints, or the prompt as text"
+                )
+            ids = [int(t) for t in ids]
         else:
-            prompt_ids = [int(t) for t in prompt]
-        if not prompt_ids:
-            raise DiffuSpecError("the prompt is empty: give at least one token")
-        if len(prompt_ids) >= self.context_window:
             raise DiffuSpecError(
-                f"the prompt has {len(prompt_ids)} tokens but the target's context window is "
+                f"the prompt must be text or a flat list of token ids, got {type(prompt).__name__}"
+            )
+        if not ids:
+            raise DiffuSpecError("the prompt is empty: give at least one token")
+        out_of_range = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if out_of_range is not None:
+            raise DiffuSpecError(
+                f"token id {out_of_range} is outside the target's vocabulary (0..{self.vocab_size - 1}): "
+                "tokenize the prompt with this engine's tokenizer"
+            )
+        if len(ids) >= self.context_window:
+            raise DiffuSpecError(
+                f"the prompt has {len(ids)} tokens but the target's context window is "
                 f"{self.context_window}: shorten the prompt to at most {self.context_window - 1} tokens"
             )
-        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise DiffuSpecError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise DiffuSpecError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise DiffuSpecError(f"top_p must be in (0, 1], got {top_p!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise DiffuSpecError(f"top_k must be a positive integer, got {top_k!r}")
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise DiffuSpecError(f"stop strings must be non-empty strings, got {stops!r}")
-        return _Request(
-            prompt_ids=prompt_ids,
-            max_new_tokens=max_new_tokens,
-            sampling=SamplingParams(float(temperature), top_k, top_p),
-            stops=stops,
-            seed=seed,
-            drafter=self._require_mode(mode or self.config.mode),
-        )
+        return ids
+
+    def _params(self, max_new_tokens: int | None, params: GenerationParams | None, kwargs: dict) -> GenerationParams:
+        if max_new_tokens is not None:
+            kwargs = {"max_new_tokens": max_new_tokens, **kwargs}
+        p = GenerationParams.of(params, **kwargs)
+        self._require_mode(p.mode or self.config.mode)
+        return p
 
     # ----- generation ----------------------------------------------------------------------------------
 
     def generate(
         self,
         prompt: str | Sequence[int],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        mode: str | None = None,
+        max_new_tokens: int | None = None,
+        *,
+        params: GenerationParams | None = None,
+        **kwargs: Any,
     ) -> Generation:
-        """Generate a continuation of ``prompt`` (text, or token ids used as they are)."""
-        collected = _Collected()
-        for event in self.stream(prompt, max_new_tokens, temperature, top_k, top_p, stop, seed, mode):
-            collected.add(event)
-        return collected.generation()
+        """Generate a continuation of ``prompt`` (text, or token ids used as they are). Keyword arguments are
+        ``GenerationParams`` fields (max_new_tokens, temperature, top_k, top_p, stop, seed, mode), applied over
+        ``params`` when both are given."""
+        return Generation.collect(self.stream(prompt, max_new_tokens, params=params, **kwargs))
 
     def stream(
         self,
         prompt: str | Sequence[int],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        mode: str | None = None,
+        max_new_tokens: int | None = None,
+        *,
+        params: GenerationParams | None = None,
+        **kwargs: Any,
     ) -> Iterator[StepEvent]:
-        """Like ``generate``, one ``StepEvent`` per verification step. Arguments are checked now; closing
-        the iterator early stops generation and frees the engine."""
-        request = self._prepare(prompt, max_new_tokens, temperature, top_k, top_p, stop, seed, mode)
-        return self._decode(request)
+        """Like ``generate``, one ``StepEvent`` per step. Arguments are checked now; closing the iterator
+        early stops generation and frees the engine."""
+        p = self._params(max_new_tokens, params, kwargs)
+        return self._decode(self._prompt_ids(prompt), p)
 
-    async def astream(self, prompt: str | Sequence[int], **kwargs: Any) -> AsyncIterator[StepEvent]:
+    async def astream(
+        self, prompt: str | Sequence[int], *, params: GenerationParams | None = None, **kwargs: Any
+    ) -> AsyncIterator[StepEvent]:
         """``stream`` for async code: generation runs in a worker thread, the event loop keeps running, and
         leaving the ``async for`` early (or cancelling) stops generation before the next step."""
-        request = self._prepare(prompt, **{**_DEFAULTS, **kwargs})
-        async for event in aiterate(lambda: self._decode(request)):
+        p = self._params(None, params, kwargs)
+        ids = self._prompt_ids(prompt)
+        async for event in aiterate(lambda: self._decode(ids, p)):
             yield event
 
-    async def agenerate(self, prompt: str | Sequence[int], **kwargs: Any) -> Generation:
+    async def agenerate(
+        self, prompt: str | Sequence[int], *, params: GenerationParams | None = None, **kwargs: Any
+    ) -> Generation:
         """``generate`` for async code (see ``astream``)."""
-        collected = _Collected()
-        async for event in self.astream(prompt, **kwargs):
-            collected.add(event)
-        return collected.generation()
+        return Generation.collect([event async for event in self.astream(prompt, params=params, **kwargs)])
 
-    def _clock(self) -> float:
-        if self.device.type == "cuda":  # time what the GPU did, not what was queued
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def _choose_path(
-        self, draft: Draft, history: list[int], sampling: SamplingParams | None, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-        """Draft tokens, the distributions they were sampled from (None: deterministic), raw drafter output."""
-        if draft.logprobs is None:
-            tokens = draft.tokens
-            return tokens, draft.probs, tokens.tolist()
-        logprobs = _fit_vocab(draft.logprobs, self.vocab_size, float("-inf"))
-        raw = logprobs.argmax(dim=-1).tolist()
-        if sampling is not None:
-            probs = sampling.probs(logprobs)
-            return torch.multinomial(probs, 1, generator=generator).squeeze(1), probs, raw
-        path = self._path_search(logprobs, history, self._proxy, self.eos_token_ids)
-        return torch.tensor(path, dtype=torch.long, device=self.device), None, raw
-
-    @torch.inference_mode()
-    def _decode(self, request: _Request) -> Iterator[StepEvent]:
+    def _decode(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[StepEvent]:
         if self._owner == threading.get_ident():
             raise DiffuSpecError(
                 "this engine is already generating in this thread (an unfinished stream): exhaust or close() "
                 "that stream first, or use a second engine"
             )
+        return self._locked(prompt_ids, params)
+
+    @torch.inference_mode()
+    def _locked(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[StepEvent]:
         with self._lock:
             self._owner = threading.get_ident()
+            proposer = None
             try:
-                yield from self._loop(request)
+                sampling = SamplingParams(params.temperature, params.top_k, params.top_p)
+                seed = params.seed if params.seed is not None else random.getrandbits(63)
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                emitter = Emitter(self.tokenizer, params.stop, self.eos_token_ids, prompt_length=len(prompt_ids),
+                                  max_new_tokens=params.max_new_tokens, context_window=self.context_window)
+                mode = params.mode or self.config.mode
+                proposer = self._proposer(mode, prompt_ids, sampling, generator)
+                calibrate = self.config.k_max + 1 if self._uses_cost_policy(mode) else 0
+                yield from speculative_decode(self.target, prompt_ids, proposer, emitter, sampling, seed, generator,
+                                              self._costs, time.perf_counter, calibrate)
             finally:
                 self._owner = None
-                if request.drafter is not None:
-                    request.drafter.reset()  # drop its caches: an abandoned stream frees memory now
+                if proposer is not None:
+                    proposer.close()  # drop its caches: an abandoned stream frees memory now
 
-    def _loop(self, request: _Request) -> Iterator[StepEvent]:
-        cfg, sampling, drafter = self.config, request.sampling, request.drafter
-        stats = DecodingStats()
-        start = self._clock()
-        generator = None
-        if not sampling.greedy:
-            generator = torch.Generator(device=self.device)
-            if request.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(request.seed)
-        draft_sampling = sampling if not sampling.greedy and cfg.draft_sampling == "proposal" else None
+    def _uses_cost_policy(self, mode: str) -> bool:
+        return self._drafters[mode] is not None and self.config.draft_length is None and self.config.length_policy == "cost"
 
-        committed = list(request.prompt_ids)
-        n_prompt = len(committed)
-        ids = torch.tensor(committed, dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.target.config)
-        if n_prompt > 1:  # the cache holds all committed tokens but the last
-            self.target(input_ids=ids[None, :-1], past_key_values=cache, use_cache=True)
-            stats.target_forwards += 1
-        if drafter is not None:
-            drafter.reset()
-        self._proxy.reset()
-        self._proxy.extend(committed)
-        adl = ADLState(k=cfg.k_max)
-        text, emitted = "", 0
-        stats.seconds["verify"] += self._clock() - start
+    def _length_policy(self, mode: str, sampling: SamplingParams) -> LengthPolicy:
+        cfg = self.config
+        search = cfg.cps and mode == "diffuspec"
+        if cfg.draft_length is not None:
+            return FixedLength(cfg.draft_length, search)
+        if cfg.length_policy == "adl":
+            return ADLPolicy(k_min=cfg.k_min, k_max=cfg.k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search)
+        return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=cfg.k_max, search=search,
+                               adaptive_search=sampling.greedy)
 
-        while True:
-            room = min(request.max_new_tokens - (len(committed) - n_prompt), self.context_window - len(committed))
-            k = min(cfg.draft_length or adl.k, room - 1) if drafter is not None else 0
+    def _proposer(self, mode: str, prompt_ids: list[int], sampling: SamplingParams,
+                  generator: torch.Generator | None) -> Proposer:
+        make_drafter = self._drafters[mode]
+        if make_drafter is None:
+            return TargetOnly()
+        cfg = self.config
+        proposal_sampling = sampling if not sampling.greedy and cfg.draft_sampling == "proposal" else None
+        return DraftProposer(
+            make_drafter(), self._length_policy(mode, sampling), self._path_search,
+            NGramProxy(self.vocab_size, cfg.ngram_order, self._cps_ngram, cfg.cps_corpus_weight),
+            vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids, prompt_ids=prompt_ids,
+            draft_sampling=proposal_sampling, generator=generator,
+        )
 
-            t0 = self._clock()
-            draft_tokens, draft_probs, raw, forwards = ids[:0], None, [], 0
-            if k > 0:
-                draft = drafter.propose(ids, k, draft_sampling, generator)
-                forwards = draft.forwards
-                t1 = self._clock()
-                draft_tokens, draft_probs, raw = self._choose_path(draft, committed, draft_sampling, generator)
-                draft_tokens = draft_tokens[:k]
-                if draft_probs is not None:
-                    draft_probs = _fit_vocab(draft_probs[:k], self.vocab_size, 0.0)
-                stats.seconds["draft"] += t1 - t0
-                stats.seconds["path_search"] += self._clock() - t1
-            d = draft_tokens.numel()
 
-            t2 = self._clock()
-            feed = torch.cat([ids[-1:], draft_tokens])[None]
-            logits = self.target(input_ids=feed, past_key_values=cache, use_cache=True).logits[0]
-            if sampling.greedy:
-                accepted, next_token = greedy_accept(draft_tokens, logits)
-            else:
-                accepted, next_token = sample_accept(draft_tokens, draft_probs, sampling.probs(logits), generator)
-            if d > accepted:
-                cache.crop(accepted - d)
-            t3 = self._clock()
-            stats.seconds["verify"] += t3 - t2
-
-            new = draft_tokens[:accepted].tolist() + [next_token]
-            finish = None
-            eos_at = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
-            if eos_at is not None:
-                new, finish = new[: eos_at + 1], "eos"
-            committed += new
-            ids = torch.cat([ids, torch.tensor(new, dtype=torch.long, device=self.device)])
-            self._proxy.extend(new)
-            if finish is None and len(new) == room:
-                finish = "length"
-            if drafter is not None and cfg.draft_length is None and d > 0:
-                adl = adl_update(
-                    adl,
-                    generated_length(raw, k, self.eos_token_ids),
-                    accepted,
-                    k_min=cfg.k_min,
-                    k_max=cfg.k_max,
-                    delta=cfg.adl_delta,
-                    rho=cfg.adl_rho,
-                )
-
-            previous, text = text, self._decode_text(committed[n_prompt:])
-            cut = find_stop(text, request.stops, len(previous))
-            if cut != -1:
-                text, finish = text[:cut], "stop"
-                new = self._tokens_through(committed, n_prompt, len(committed) - len(new), cut)
-            show = len(text) if finish else safe_length(text, request.stops)
-            delta, emitted = text[emitted:show], max(emitted, show)
-
-            stats.record_step(d, accepted, forwards)
-            stats.new_tokens += len(new)
-            now = time.perf_counter()
-            stats.seconds["other"] += now - t3
-            stats.wall_seconds = now - start
-            yield StepEvent(delta, new, d, accepted, stats, finish)
-            if finish:
-                return
-
-    def _decode_text(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def _tokens_through(self, committed: list[int], n_prompt: int, step_start: int, cut: int) -> list[int]:
-        """This step's tokens up to the one in which the text reaches ``cut`` characters (none when an
-        earlier step's tokens already reach it: a stop string begun in an earlier block)."""
-        for end in range(step_start, len(committed) + 1):
-            if len(self._decode_text(committed[n_prompt:end])) >= cut:
-                return committed[step_start:end]
-        return committed[step_start:]
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

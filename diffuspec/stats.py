@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PHASES = ("draft", "path_search", "verify", "other")
 
 
-def per_position_acceptance(draft_lengths: list[int], accepted_lengths: list[int]) -> list[float]:
+def per_position_acceptance(draft_lengths: Sequence[int], accepted_lengths: Sequence[int]) -> list[float]:
     """Entry i: of the steps that drafted at least i + 1 tokens, the share that accepted draft token i."""
     longest = max(draft_lengths, default=0)
     drafted, accepted = [0] * longest, [0] * longest
@@ -19,10 +20,16 @@ def per_position_acceptance(draft_lengths: list[int], accepted_lengths: list[int
     return [a / d for a, d in zip(accepted, drafted)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodingStats:
-    """Running totals of one generation. MAT follows DiffuSpec: accepted draft tokens per verification
-    step, the target's own (bonus or correction) token excluded."""
+    """Totals of one generation up to some step: an immutable snapshot, safe to hand to another thread.
+
+    MAT follows DiffuSpec: accepted draft tokens per verification step, the target's own (bonus or correction)
+    token excluded. ``predicted_tokens`` holds, per step, the tokens the length policy expected that step to
+    commit (NaN where the policy makes no prediction); ``tokens_per_step`` is what was realised. In the DLM
+    modes the DLM is the model decoded: ``target_forwards`` counts its passes and ``denoising_steps`` the
+    sampler transitions they advanced.
+    """
 
     steps: int = 0
     target_forwards: int = 0
@@ -30,29 +37,18 @@ class DecodingStats:
     new_tokens: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
-    draft_lengths: list[int] = field(default_factory=list)
-    accepted_lengths: list[int] = field(default_factory=list)
+    denoising_steps: int = 0
+    draft_lengths: tuple[int, ...] = ()
+    accepted_lengths: tuple[int, ...] = ()
+    predicted_tokens: tuple[float, ...] = ()
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     wall_seconds: float = 0.0
 
-    def record_step(self, draft_length: int, accepted: int, drafter_forwards: int) -> None:
-        self.steps += 1
-        self.target_forwards += 1
-        self.drafter_forwards += drafter_forwards
-        self.drafted_tokens += draft_length
-        self.accepted_tokens += accepted
-        self.draft_lengths.append(draft_length)
-        self.accepted_lengths.append(accepted)
-
-    def merge(self, other: DecodingStats) -> None:
-        """Add another generation's totals to these (the benchmark sums a method's runs)."""
-        for name in ("steps", "target_forwards", "drafter_forwards", "new_tokens", "drafted_tokens",
-                     "accepted_tokens", "wall_seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.draft_lengths += other.draft_lengths
-        self.accepted_lengths += other.accepted_lengths
-        for phase in PHASES:
-            self.seconds[phase] += other.seconds[phase]
+    def __add__(self, other: DecodingStats) -> DecodingStats:
+        """Two generations' totals together (the benchmark sums a method's runs)."""
+        merged = {name: getattr(self, name) + getattr(other, name) for name in _SUMMED}
+        seconds = {phase: self.seconds[phase] + other.seconds[phase] for phase in PHASES}
+        return DecodingStats(**merged, seconds=seconds)
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -87,6 +83,42 @@ class DecodingStats:
             "per_position_acceptance": self.per_position_acceptance,
         }
 
+
+_SUMMED = ("steps", "target_forwards", "drafter_forwards", "new_tokens", "drafted_tokens", "accepted_tokens",
+           "denoising_steps", "draft_lengths", "accepted_lengths", "predicted_tokens", "wall_seconds")
+
+
+class StatsRecorder:
+    """The running totals a decoding loop keeps; ``snapshot()`` freezes them for an event."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(("steps", "target_forwards", "drafter_forwards", "new_tokens",
+                                     "drafted_tokens", "accepted_tokens", "denoising_steps"), 0)
+        self.draft_lengths: list[int] = []
+        self.accepted_lengths: list[int] = []
+        self.predicted_tokens: list[float] = []
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.wall_seconds = 0.0
+
+    def step(self, drafted: int, accepted: int, new_tokens: int, *, target_forwards: int = 1,
+             drafter_forwards: int = 0, denoising_steps: int = 0, predicted: float = float("nan")) -> None:
+        c = self.counts
+        c["steps"] += 1
+        c["target_forwards"] += target_forwards
+        c["drafter_forwards"] += drafter_forwards
+        c["drafted_tokens"] += drafted
+        c["accepted_tokens"] += accepted
+        c["new_tokens"] += new_tokens
+        c["denoising_steps"] += denoising_steps
+        self.draft_lengths.append(drafted)
+        self.accepted_lengths.append(accepted)
+        self.predicted_tokens.append(predicted)
+
+    def snapshot(self) -> DecodingStats:
+        return DecodingStats(
+            **self.counts, draft_lengths=tuple(self.draft_lengths), accepted_lengths=tuple(self.accepted_lengths),
+            predicted_tokens=tuple(self.predicted_tokens), seconds=dict(self.seconds), wall_seconds=self.wall_seconds,
+        )
 
 def repeated_ngram_share(token_ids: list[int], n: int = 4) -> float:
     """Share of tokens that lie inside an n-gram seen earlier in the same output: 0 for text that never

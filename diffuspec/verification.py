@@ -1,8 +1,15 @@
 """Verification: turn the target's logits over a drafted block into accepted tokens.
 
-Both rules return ``(n_accepted, next_token)``: the first ``n_accepted`` draft tokens are kept and
+Every rule returns ``(n_accepted, next_token)``: the first ``n_accepted`` draft tokens are kept and
 ``next_token`` (the target's own token at the first disagreement, or the bonus token after a fully
 accepted block) follows them. Each costs one host-device sync.
+
+Sampling a deterministic draft (a CPS path, an argmax, a prompt lookup) uses the Gumbel-max trick: the token
+the target samples at output position j is argmax(log p_j + g_j), with Gumbel noise g_j that depends only on
+the seed and j. Verification is then greedy verification of those scores: a draft token is accepted exactly
+when it is the token the target samples, which happens with probability p(x) (the point-mass rule), every
+committed token is an exact sample from the target, and the output for a seed does not depend on how the
+drafts were grouped or how long they were (the length policy may choose differently from run to run).
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ class SamplingParams:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Row-wise probabilities of ``logits`` ([..., V]) after warping, in float32."""
-        scores = logits.float() / self.temperature
+        logits = logits.float()
+        # Shift before dividing: any temperature > 0, however tiny, then gives finite scores (the best is 0).
+        scores = (logits - logits.max(dim=-1, keepdim=True).values) / self.temperature
         if self.top_k is not None and self.top_k < scores.shape[-1]:
             kth = scores.topk(self.top_k, dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -52,30 +61,41 @@ def greedy_accept(draft: torch.Tensor, target_logits: torch.Tensor) -> tuple[int
     return n_accepted, next_token
 
 
+_GOLDEN = 0x9E3779B97F4A7C15  # spreads (seed, position) over the seed space
+
+
+def position_gumbel(seed: int, start: int, count: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Gumbel noise [count, V] for output positions start .. start + count - 1; row j depends only on
+    (seed, position j), so a position verified twice sees the same noise."""
+    rows = []
+    for position in range(start, start + count):
+        generator = torch.Generator(device=device).manual_seed((seed + (position + 1) * _GOLDEN) % 2**64)
+        uniform = torch.rand(vocab_size, generator=generator, device=device)
+        rows.append(-torch.log(-torch.log(uniform)))
+    return torch.stack(rows)
+
+
+def gumbel_accept(draft: torch.Tensor, target_probs: torch.Tensor, gumbel: torch.Tensor) -> tuple[int, int]:
+    """Sampling verification of a deterministic draft (module docstring): greedy verification of
+    log p + g. ``target_probs`` and ``gumbel`` are [d + 1, V]."""
+    return greedy_accept(draft, target_probs.log() + gumbel)
+
+
 def sample_accept(
     draft: torch.Tensor,
-    draft_probs: torch.Tensor | None,
+    draft_probs: torch.Tensor,
     target_probs: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> tuple[int, int]:
-    """Speculative sampling that leaves the target's distribution unchanged.
-
-    ``draft_probs`` ([d, V]) is the distribution each draft token was *sampled* from: the Leviathan rule,
-    accept x with probability min(1, p(x)/q(x)), resample from norm(max(0, p - q)) on rejection.
-    ``draft_probs=None`` means the draft is a deterministic function of the prefix (a CPS path, an argmax,
-    a prompt lookup): q is a point mass, so accept with probability p(x) and resample from p without x.
-    ``target_probs`` ([d + 1, V]) are the target's warped probabilities.
-    """
+    """The Leviathan rule, for a draft *sampled* from ``draft_probs`` ([d, V]): accept x with probability
+    min(1, p(x)/q(x)), resample from norm(max(0, p - q)) on rejection. ``target_probs`` ([d + 1, V]) are the
+    target's warped probabilities. (Applied to a token that was not drawn from q, the rule is biased.)"""
     d = draft.numel()
     rows = torch.arange(d, device=draft.device)
     p_draft = target_probs[rows, draft]
     residual = target_probs.clone()
-    if draft_probs is None:
-        q_draft = torch.ones_like(p_draft)
-        residual[rows, draft] = 0.0
-    else:
-        q_draft = draft_probs[rows, draft]
-        residual[:d] = (target_probs[:d] - draft_probs).clamp_min(0.0)
+    q_draft = draft_probs[rows, draft]
+    residual[:d] = (target_probs[:d] - draft_probs).clamp_min(0.0)
     u = torch.rand(d, device=draft.device, generator=generator)
     n = (u * q_draft < p_draft).int().cumprod(0).sum()
     # Row d (all accepted) is the untouched target distribution: the bonus token.

@@ -55,8 +55,9 @@ def test_corpus_ngram_proxy_stays_lossless_and_steers_the_path(targets, drafter,
     reference = hf_greedy(target, ids, 40)
     # A table counted on the target's own output: the proxy now knows where the text goes.
     table = CorpusNGram.count(torch.tensor([ids + reference]), len(tokenizer), order=4, start=len(ids), min_count=1)
-    plain = DiffuSpec(target, drafter, tokenizer)
-    engine = DiffuSpec(target, drafter, tokenizer, cps_ngram=table)
+    config = DiffuSpecConfig(length_policy="adl")  # CPS on every step (the cost policy may switch it off)
+    plain = DiffuSpec(target, drafter, tokenizer, config)
+    engine = DiffuSpec(target, drafter, tokenizer, config, cps_ngram=table)
     out = engine.generate(ids, max_new_tokens=40)
     assert out.token_ids == reference
     assert out.stats.accepted_tokens > plain.generate(ids, max_new_tokens=40).stats.accepted_tokens
@@ -160,16 +161,19 @@ def _cumulative_texts(events):
         yield text
 
 
-def test_stream_events_add_up(targets, drafter, tokenizer):
-    engine = DiffuSpec(targets["gpt2"], drafter, tokenizer)
+@pytest.mark.parametrize("policy", ["cost", "adl"])
+def test_stream_events_add_up(targets, drafter, tokenizer, policy):
+    engine = DiffuSpec(targets["gpt2"], drafter, tokenizer, DiffuSpecConfig(length_policy=policy))
     events = list(engine.stream(PROMPTS[0], max_new_tokens=50))
     final = engine.generate(PROMPTS[0], max_new_tokens=50)
     assert "".join(e.text for e in events) == final.text
-    assert sum((e.token_ids for e in events), []) == final.token_ids
-    assert [e.draft_length for e in events] == final.stats.draft_lengths
-    assert [e.accepted for e in events] == final.stats.accepted_lengths
+    assert [t for e in events for t in e.token_ids] == final.token_ids
+    last = events[-1].stats
+    assert [e.draft_length for e in events] == list(last.draft_lengths)
+    assert [e.accepted for e in events] == list(last.accepted_lengths)
+    assert [e.stats.steps for e in events] == list(range(1, len(events) + 1))  # each event its own snapshot
     assert all(e.finish_reason is None for e in events[:-1]) and events[-1].finish_reason
-    assert final.stats.draft_lengths[0] == engine.config.k_max  # ADL starts at k_max
+    assert last.draft_lengths[0] == engine.config.k_max  # both policies start with a full-length draft
     assert sum(final.stats.seconds.values()) <= final.stats.wall_seconds * 1.01
 
 
@@ -210,4 +214,8 @@ def test_sampling_is_reproducible_with_seed(targets, drafter, tokenizer):
     a = engine.generate("abc", max_new_tokens=30, temperature=1.0, seed=3)
     b = engine.generate("abc", max_new_tokens=30, temperature=1.0, seed=3)
     assert a.token_ids == b.token_ids
+    # Gumbel-max verification: the seed fixes every sampled token, whatever the drafts were
+    fixed = engine.with_config(draft_length=3).generate("abc", max_new_tokens=30, temperature=1.0, seed=3)
+    alone = engine.generate("abc", max_new_tokens=30, temperature=1.0, seed=3, mode="ar")
+    assert fixed.token_ids == a.token_ids == alone.token_ids
     assert torch.is_tensor(torch.tensor(a.token_ids))

@@ -22,11 +22,11 @@ def engine(targets, drafter, tokenizer):
         (dict(max_new_tokens=-3), "max_new_tokens must be a positive integer"),
         (dict(temperature=-1.0), "temperature must be"),
         (dict(temperature=float("nan")), "temperature must be"),
-        (dict(temperature=1.0, top_p=0.0), "top_p must be in"),
+        (dict(temperature=1.0, top_p=0.0), "top_p must be a number in"),
         (dict(temperature=1.0, top_k=0), "top_k must be a positive integer"),
-        (dict(stop=[""]), "stop strings must be non-empty"),
+        (dict(stop=[""]), "stop must be a non-empty string"),
         (dict(mode="ar-drafter"), "needs ar_drafter"),
-        (dict(mode="nonsense"), "needs a known mode"),
+        (dict(mode="nonsense"), "mode 'nonsense' is unknown: use one of diffuspec, ar"),
     ],
 )
 def test_bad_requests(engine, kwargs, message):

@@ -7,10 +7,10 @@ import torch
 from scipy.stats import chisquare
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from diffuspec.draft_length import ADLState, adl_update, generated_length
+from diffuspec.length import ADLState, adl_update, generated_length
 from diffuspec.path_search import CorpusNGram, NGramProxy, PathSearch, beam_search, prune_lattice
 from diffuspec.stopping import find_stop, safe_length
-from diffuspec.verification import SamplingParams, greedy_accept, sample_accept
+from diffuspec.verification import SamplingParams, greedy_accept, gumbel_accept, position_gumbel, sample_accept
 
 EOS = 0
 ALPHA = 1e-3  # false-failure rate of each statistical test
@@ -169,10 +169,11 @@ def test_sample_accept_first_token_has_target_distribution(rule):
     trials, counts = 4000, torch.zeros(4)
     for _ in range(trials):
         if rule == "leviathan":  # the draft really is a sample from q
-            draft, draft_probs = torch.multinomial(q[0], 1, generator=generator), q
-        else:  # a fixed (deterministic) draft token
-            draft, draft_probs = torch.tensor([2]), None
-        n, token = sample_accept(draft, draft_probs, p, generator)
+            draft = torch.multinomial(q[0], 1, generator=generator)
+            n, token = sample_accept(draft, q, p, generator)
+        else:  # a fixed (deterministic) draft token, Gumbel-max verification with fresh noise per trial
+            draft = torch.tensor([2])
+            n, token = gumbel_accept(draft, p, position_gumbel(len(counts) * trials + int(counts.sum()), 0, 2, 4, "cpu"))
         counts[int(draft[0]) if n else token] += 1
     assert chisquare(counts.numpy(), (p[0] * trials).numpy()).pvalue > ALPHA
 
@@ -183,6 +184,19 @@ def test_sample_accept_with_soft_q_on_a_fixed_draft_is_biased():
     q = torch.tensor([[0.05, 0.05, 0.85, 0.05]])
     counts = _first_token_counts(torch.tensor([2]), q, p, 4000)
     assert chisquare(counts.numpy(), (p[0] * 4000).numpy()).pvalue < ALPHA
+
+
+def test_gumbel_noise_depends_only_on_seed_and_position():
+    a = position_gumbel(7, 3, 4, 10, "cpu")
+    assert torch.equal(a[1:], position_gumbel(7, 4, 3, 10, "cpu"))  # position 4.. again: the same rows
+    assert not torch.equal(a, position_gumbel(8, 3, 4, 10, "cpu"))
+
+
+def test_tiny_temperatures_give_finite_probabilities():
+    logits = torch.tensor([[1.0, 3.0, 3.0 - 1e-3, -2.0]])
+    for temperature in (1e-45, 1e-30, 1e-8):
+        probs = SamplingParams(temperature=temperature, top_p=0.9).probs(logits)
+        assert torch.isfinite(probs).all() and probs[0, 1] == 1.0
 
 
 def test_sampling_params_match_transformers_warpers():

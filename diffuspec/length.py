@@ -1,0 +1,265 @@
+"""Draft-length policies: how many tokens to draft next (and whether path search is worth its cost).
+
+``adl``, the paper's rule (DiffuSpec section 1). Two EMAs follow how much the drafter produced before EOS (G)
+and how much of it the target accepted (A); the next draft is about as long as the drafter has been writing,
+plus ``delta`` when acceptance keeps up:
+
+    G_t = (1 - rho) G_{t-1} + rho * L_gen        A_t = (1 - rho) A_{t-1} + rho * L_acc
+    k_{t+1} = clip(G_t + delta * [A_t >= G_t], k_min, k_max),   k_1 = k_max
+
+``cost`` (the default) maximises expected tokens per second instead. With alpha_i the probability that draft
+token i is accepted given tokens 0..i-1 were, a draft of k tokens commits on average
+
+    E(k) = 1 + sum_{j=1..k} prod_{i<j} alpha_i          (the accepted prefix plus the target's own token)
+
+and a step costs T(k) = draft(k) + search(k) + verify(k + 1) + other, each measured on the running machine
+(verification calibrated once per engine, then every term followed online). The policy drafts the k in
+[k_min, k_max] with the largest E(k) / T(k); under greedy decoding it also compares the path-search path with
+the drafter's argmax path (whose acceptance is known for free from every verification: see
+``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
+where each verified token costs time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# ----- ADL (the paper's rule) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ADLState:
+    k: int  # the length of the next draft
+    generated_ema: float = 0.0  # G
+    accepted_ema: float = 0.0  # A
+
+
+def generated_length(raw_draft: Sequence[int], k: int, eos_token_ids: set[int] | frozenset[int]) -> int:
+    """L_gen = min(s - 1, k), s the 1-based index of the first EOS in the raw drafter output."""
+    for i, token in enumerate(raw_draft):
+        if token in eos_token_ids:
+            return min(i, k)
+    return k
+
+
+def adl_update(
+    state: ADLState, generated: int, accepted: int, *, k_min: int, k_max: int, delta: float, rho: float
+) -> ADLState:
+    """One ADL step: fold in this step's L_gen and L_acc and size the next draft (rounded to a token)."""
+    g = (1.0 - rho) * state.generated_ema + rho * generated
+    a = (1.0 - rho) * state.accepted_ema + rho * accepted
+    k = g + delta * (a >= g)
+    return ADLState(k=int(min(max(round(k), k_min), k_max)), generated_ema=g, accepted_ema=a)
+
+
+# ----- the cost model --------------------------------------------------------------------------------------
+
+
+def expected_tokens(alphas: Sequence[float], k: int) -> float:
+    """E(k) = 1 + sum_{j=1..k} prod_{i<j} alpha_i: tokens a step commits when it drafts k tokens."""
+    total, reach = 1.0, 1.0
+    for alpha in alphas[:k]:
+        reach *= alpha
+        total += reach
+    return total
+
+
+def best_draft_length(
+    alphas: Sequence[float], step_seconds: Callable[[int], float], k_min: int, k_max: int
+) -> tuple[int, float]:
+    """The k in [k_min, k_max] with the most expected tokens per second, and E(k)."""
+    best = max(range(k_min, k_max + 1), key=lambda k: expected_tokens(alphas, k) / step_seconds(k))
+    return best, expected_tokens(alphas, best)
+
+
+def argmax_match(argmax_path: Sequence[int], verified_path: Sequence[int], accepted: int, next_token: int) -> int:
+    """How much of the drafter's argmax path greedy verification would have accepted, read off a step that
+    verified another path: the target's tokens at positions 0..accepted are known (the accepted prefix, then
+    ``next_token``), and while the argmax path agrees with them its context is the verified one. Beyond them the
+    answer is censored: ``accepted + 1`` means "at least that many"."""
+    target = [*verified_path[:accepted], next_token]
+    match = 0
+    while match < min(len(argmax_path), len(target)) and argmax_path[match] == target[match]:
+        match += 1
+    return match
+
+
+class AcceptanceEstimate:
+    """Per-position conditional acceptance alpha_i, from decayed counts with a weak prior.
+
+    A step that drafted d tokens and had m accepted tried positions 0..min(m, d - 1) and accepted 0..m-1; a
+    censored observation (we only know the first ``tried`` positions) counts just those.
+    """
+
+    def __init__(self, length: int, prior: float = 0.5, prior_weight: float = 2.0, decay: float = 0.95) -> None:
+        self.tried = [0.0] * length
+        self.accepted = [0.0] * length
+        self.prior, self.prior_weight, self.decay = prior, prior_weight, decay
+
+    def observe(self, accepted: int, tried: int) -> None:
+        for i in range(len(self.tried)):
+            self.tried[i] *= self.decay
+            self.accepted[i] *= self.decay
+        for i in range(min(tried, len(self.tried))):
+            self.tried[i] += 1.0
+            self.accepted[i] += i < accepted
+
+    def alphas(self) -> list[float]:
+        w, p = self.prior_weight, self.prior
+        return [(a + w * p) / (t + w) for a, t in zip(self.accepted, self.tried)]
+
+
+class CostCurve:
+    """Seconds as a function of a size (tokens drafted or verified): an EMA per measured size, read between
+    sizes by linear interpolation and beyond them by the nearest end's slope (flat when one point is known)."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.points: dict[int, float] = {}
+        self.smoothing = smoothing
+
+    def observe(self, size: int, seconds: float) -> None:
+        old = self.points.get(size)
+        self.points[size] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+
+    def __call__(self, size: int) -> float:
+        if not self.points:
+            return 0.0
+        xs = sorted(self.points)
+        if size in self.points:
+            return self.points[size]
+        if len(xs) == 1:
+            return self.points[xs[0]]
+        lo = max([x for x in xs if x < size], default=None)
+        hi = min([x for x in xs if x > size], default=None)
+        if lo is None:
+            lo, hi = xs[0], xs[1]
+        elif hi is None:
+            lo, hi = xs[-2], xs[-1]
+        slope = (self.points[hi] - self.points[lo]) / (hi - lo)
+        return max(0.0, self.points[lo] + slope * (size - lo))
+
+
+@dataclass
+class MachineCosts:
+    """What one engine has measured of the running machine: shared by its requests (a property of the machine
+    and models, not of a request). ``verify`` by tokens verified; ``draft`` and ``search`` by draft length, per
+    proposer kind; ``other`` the loop's own time per step."""
+
+    verify: CostCurve
+    draft: dict[str, CostCurve]
+    search: dict[str, CostCurve]
+    other: CostCurve
+
+    @classmethod
+    def empty(cls) -> MachineCosts:
+        return cls(CostCurve(), {}, {}, CostCurve())
+
+    def drafting(self, kind: str) -> tuple[CostCurve, CostCurve]:
+        return self.draft.setdefault(kind, CostCurve()), self.search.setdefault(kind, CostCurve())
+
+
+@dataclass(frozen=True)
+class LengthChoice:
+    k: int
+    search: bool  # run path search this step (else the argmax path)
+    predicted_tokens: float = math.nan  # E(k) under the policy's model; NaN when it makes none
+
+
+@dataclass(frozen=True)
+class StepFeedback:
+    """What a verified step tells a length policy."""
+
+    drafted: int
+    accepted: int
+    generated: int  # L_gen: raw drafter tokens before its first EOS (ADL)
+    argmax_match: int | None = None  # counterfactual acceptance of the argmax path (greedy, when searched)
+    draft_seconds: float = 0.0
+    search_seconds: float = 0.0
+
+
+class LengthPolicy:
+    """Per-request state of one policy; ``choose`` sizes the next draft, ``observe`` folds in its outcome."""
+
+    def choose(self, room: int) -> LengthChoice:
+        raise NotImplementedError
+
+    def observe(self, feedback: StepFeedback) -> None:
+        """Default: nothing to learn."""
+
+
+class FixedLength(LengthPolicy):
+    def __init__(self, k: int, search: bool) -> None:
+        self.k, self.search = k, search
+
+    def choose(self, room: int) -> LengthChoice:
+        return LengthChoice(min(self.k, room), self.search)
+
+
+class ADLPolicy(LengthPolicy):
+    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool) -> None:
+        self.state = ADLState(k=k_max)
+        self.params = dict(k_min=k_min, k_max=k_max, delta=delta, rho=rho)
+        self.search = search
+
+    def choose(self, room: int) -> LengthChoice:
+        return LengthChoice(min(self.state.k, room), self.search)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        if feedback.drafted:
+            self.state = adl_update(self.state, feedback.generated, feedback.accepted, **self.params)
+
+
+class CostAwarePolicy(LengthPolicy):
+    """Maximise expected tokens per second under the measured costs (module docstring).
+
+    ``search`` is the configured path search (CPS on or off); ``adaptive_search`` lets the policy switch it off
+    while the argmax path earns more per second (only under greedy decoding, where the argmax path's acceptance
+    can be read off every verification).
+    """
+
+    def __init__(self, costs: MachineCosts, kind: str, *, k_min: int, k_max: int, search: bool,
+                 adaptive_search: bool, probe_every: int = 8) -> None:
+        self.costs, self.k_min, self.k_max = costs, k_min, k_max
+        self.draft_cost, self.search_cost = costs.drafting(kind)
+        self.search_on = search
+        self.adaptive = search and adaptive_search
+        self.searched = AcceptanceEstimate(k_max)
+        self.argmax = AcceptanceEstimate(k_max)
+        self.probe_every, self.steps = probe_every, 0
+
+    def _plan(self, alphas: Sequence[float], search: bool, k_max: int) -> tuple[int, float, float]:
+        def seconds(k: int) -> float:
+            t = self.draft_cost(k) + self.costs.verify(k + 1) + self.costs.other(k)
+            return t + (self.search_cost(k) if search else 0.0)
+
+        k, tokens = best_draft_length(alphas, seconds, min(self.k_min, k_max), k_max)
+        return k, tokens, tokens / max(seconds(k), 1e-9)
+
+    def choose(self, room: int) -> LengthChoice:
+        self.steps += 1
+        k_max = min(self.k_max, room)
+        if self.steps == 1 or not self.costs.verify.points:  # explore: one full-length draft first
+            return LengthChoice(k_max, self.search_on)
+        plans = {False: self._plan(self.argmax.alphas(), False, k_max)}
+        if self.search_on:
+            plans[True] = self._plan(self.searched.alphas(), True, k_max)
+        search = self.search_on
+        if self.adaptive:
+            search = plans[True][2] >= plans[False][2] or self.steps % self.probe_every == 0
+        k, tokens, _ = plans[search]
+        return LengthChoice(k, search, tokens)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        d, a = feedback.drafted, feedback.accepted
+        if d == 0:
+            return
+        self.draft_cost.observe(d, feedback.draft_seconds)
+        if feedback.search_seconds:
+            self.search_cost.observe(d, feedback.search_seconds)
+            self.searched.observe(a, min(a + 1, d))
+            if feedback.argmax_match is not None:
+                self.argmax.observe(feedback.argmax_match, min(feedback.argmax_match + 1, d, a + 1))
+        else:
+            self.argmax.observe(a, min(a + 1, d))

@@ -1,0 +1,97 @@
+"""The speculative loop: propose, verify, commit, report. One short step for every mode and proposer.
+
+The target's KV cache holds every committed token but the last, which is fed first in the next verification
+pass together with the draft; the rejected tail is rolled back. Committed ids live in one preallocated buffer
+(no concatenation per step); the only host synchronisation per step is the acceptance decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from transformers import PreTrainedModel
+
+from .caches import new_cache, rollback
+from .events import Emitter, StepEvent
+from .length import MachineCosts
+from .proposers import Outcome, Proposer
+from .verification import SamplingParams, greedy_accept, gumbel_accept, position_gumbel, sample_accept
+
+CALIBRATION_SIZES = (1, 2, 3, 5, 9, 17, 33)  # verified tokens timed once per engine (the cost curve's knots)
+
+
+def _verify(target: PreTrainedModel, cache, feed: torch.Tensor) -> torch.Tensor:
+    return target(input_ids=feed[None], past_key_values=cache, use_cache=True).logits[0]
+
+
+def calibrate_verification(target: PreTrainedModel, cache, last: torch.Tensor, costs: MachineCosts,
+                           clock: Callable[[], float], largest: int, repeats: int = 3) -> None:
+    """Time verification passes of the sizes the policy may choose, on the request's own cache (rolled back
+    after each): the curve is far from linear on a CPU (the second token costs the most), so it is measured."""
+    for size in (s for s in CALIBRATION_SIZES if s <= largest):
+        feed = last.repeat(size)
+        for _ in range(repeats):
+            start = clock()
+            _verify(target, cache, feed)
+            costs.verify.observe(size, clock() - start)
+            rollback(cache, size)
+
+
+def speculative_decode(
+    target: PreTrainedModel,
+    prompt_ids: list[int],
+    proposer: Proposer,
+    emitter: Emitter,
+    sampling: SamplingParams,
+    seed: int,
+    generator: torch.Generator | None,
+    costs: MachineCosts,
+    clock: Callable[[], float],
+    calibrate_up_to: int = 0,
+) -> Iterator[StepEvent]:
+    device, stats = target.device, emitter.stats
+    ids = torch.empty(len(prompt_ids) + emitter.room, dtype=torch.long, device=device)
+    n = len(prompt_ids)
+    ids[:n] = torch.tensor(prompt_ids, dtype=torch.long)
+    cache = new_cache(target)
+    start = clock()
+    if n > 1:  # the cache holds all committed tokens but the last
+        _verify(target, cache, ids[: n - 1])
+        stats.counts["target_forwards"] += 1
+    if calibrate_up_to and not costs.verify.points:
+        calibrate_verification(target, cache, ids[n - 1 : n], costs, clock, calibrate_up_to)
+    stats.seconds["verify"] += clock() - start
+
+    while True:
+        t0 = clock()
+        proposal = proposer.propose(ids[:n], emitter.room - 1)
+        draft = proposal.tokens
+        d = draft.numel()
+        t1 = clock()
+        logits = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]))
+        if sampling.greedy:
+            accepted, next_token = greedy_accept(draft, logits)
+        elif proposal.probs is None:  # a deterministic draft: Gumbel-max verification (verification.py)
+            noise = position_gumbel(seed, emitter.generated, d + 1, logits.shape[-1], device)
+            accepted, next_token = gumbel_accept(draft, sampling.probs(logits), noise)
+        else:
+            accepted, next_token = sample_accept(draft, proposal.probs, sampling.probs(logits), generator)
+        rollback(cache, d - accepted)
+        t2 = clock()
+
+        tokens, finish = emitter.commit([*draft[:accepted].tolist(), next_token])
+        ids[n : n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        n += len(tokens)
+        proposer.observe(Outcome(accepted, next_token, tokens))
+        costs.verify.observe(d + 1, t2 - t1)
+        stats.seconds["draft"] += proposal.draft_seconds
+        stats.seconds["path_search"] += proposal.search_seconds
+        stats.seconds["verify"] += t2 - t1
+        stats.step(d, accepted, len(tokens), drafter_forwards=proposal.forwards, predicted=proposal.predicted_tokens)
+        t3 = clock()
+        stats.seconds["other"] += (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2)
+        costs.other.observe(d, (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2))
+        yield emitter.event(tokens, d, accepted, finish)
+        if finish:
+            return

@@ -1,0 +1,140 @@
+"""Proposers: what the decoding loop asks for a draft (one interface, in the spirit of transformers'
+``CandidateGenerator``), and the one implementation that composes a drafter with path search and a length
+policy.
+
+A proposer belongs to one request: it holds that request's state (the drafter's caches, the online n-gram
+proxy, the length policy's estimates), so concurrent requests share nothing but the models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .drafters import Drafter
+from .length import LengthPolicy, StepFeedback, argmax_match, generated_length
+from .path_search import NGramProxy, PathSearch
+from .verification import SamplingParams
+
+
+@dataclass(frozen=True)
+class Proposal:
+    tokens: torch.Tensor  # [d] draft tokens, on the target's device
+    probs: torch.Tensor | None = None  # [d, V] the distributions ``tokens`` were sampled from; None: deterministic
+    forwards: int = 0  # drafter forward passes spent
+    draft_seconds: float = 0.0
+    search_seconds: float = 0.0
+    predicted_tokens: float = math.nan  # tokens the length policy expects this step to commit
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What verification made of a proposal."""
+
+    accepted: int  # draft tokens kept
+    next_token: int  # the target's own token after them
+    committed: Sequence[int]  # every token committed this step (the accepted prefix, then next_token; EOS-cut)
+
+
+class Proposer(ABC):
+    @abstractmethod
+    def propose(self, context: torch.Tensor, room: int) -> Proposal:
+        """A draft of at most ``room`` tokens after ``context`` ([n] committed token ids)."""
+
+    def observe(self, outcome: Outcome) -> None:
+        """Learn from the verification of the last proposal."""
+
+    def close(self) -> None:
+        """Free per-request resources (caches)."""
+
+
+class TargetOnly(Proposer):
+    """No draft: every step is one plain KV-cached target step (mode "ar", the reference)."""
+
+    def propose(self, context: torch.Tensor, room: int) -> Proposal:
+        return Proposal(context[:0])
+
+
+def _fit_vocab(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
+    """Drafter and target may pad their vocabularies differently: align the drafter's to the target's. Extra
+    drafter ids (a mask token past the target's vocabulary) are dropped, so they are never proposed."""
+    if x.shape[-1] >= size:
+        return x[..., :size]
+    return torch.nn.functional.pad(x, (0, size - x.shape[-1]), value=fill)
+
+
+class DraftProposer(Proposer):
+    """A drafter, the path through its lattice (CPS, argmax, or a sample for the Leviathan rule) and a length
+    policy. Drafters that return finished tokens (an AR model, prompt lookup) skip the path choice."""
+
+    def __init__(
+        self,
+        drafter: Drafter,
+        policy: LengthPolicy,
+        path_search: PathSearch,
+        proxy: NGramProxy,
+        *,
+        vocab_size: int,
+        eos_token_ids: frozenset[int],
+        prompt_ids: Sequence[int],
+        draft_sampling: SamplingParams | None,
+        generator: torch.Generator | None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.drafter, self.policy, self.path_search, self.proxy = drafter, policy, path_search, proxy
+        self.vocab_size, self.eos = vocab_size, eos_token_ids
+        self.draft_sampling, self.generator, self.clock = draft_sampling, generator, clock
+        self.history = list(prompt_ids)
+        self.proxy.reset()
+        self.proxy.extend(self.history)
+        self.drafter.reset()
+        self._last: tuple[list[int], list[int], int, float, float] | None = None  # path, argmax, L_gen, seconds
+
+    def propose(self, context: torch.Tensor, room: int) -> Proposal:
+        choice = self.policy.choose(room)
+        if choice.k <= 0:
+            self._last = None
+            return Proposal(context[:0])
+        t0 = self.clock()
+        draft = self.drafter.propose(context, choice.k, self.draft_sampling, self.generator)
+        t1 = self.clock()
+        probs, argmax = None, None
+        if draft.logprobs is None:  # a finished draft
+            tokens, probs = draft.tokens[: choice.k], draft.probs
+            path = tokens.tolist()
+            raw = path
+        else:
+            logprobs = _fit_vocab(draft.logprobs[: choice.k], self.vocab_size, float("-inf"))
+            if self.draft_sampling is not None:
+                probs = self.draft_sampling.probs(logprobs)
+                tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+                path = raw = tokens.tolist()
+            else:
+                argmax = logprobs.argmax(dim=-1).tolist()
+                raw = argmax
+                path = self.path_search(logprobs, self.history, self.proxy, self.eos) if choice.search else argmax
+                tokens = torch.tensor(path, dtype=torch.long, device=context.device)
+        if probs is not None:
+            probs = _fit_vocab(probs[: tokens.numel()], self.vocab_size, 0.0)
+        t2 = self.clock()
+        searched = choice.search and argmax is not None
+        self._last = (path, argmax if searched else None, generated_length(raw, choice.k, self.eos),
+                      t1 - t0, t2 - t1 if searched else 0.0)
+        return Proposal(tokens, probs, draft.forwards, t1 - t0, t2 - t1, choice.predicted_tokens)
+
+    def observe(self, outcome: Outcome) -> None:
+        self.history += outcome.committed
+        self.proxy.extend(outcome.committed)
+        if self._last is None:
+            return
+        path, argmax, generated, draft_s, search_s = self._last
+        match = argmax_match(argmax, path, outcome.accepted, outcome.next_token) if argmax is not None else None
+        self.policy.observe(StepFeedback(len(path), outcome.accepted, generated, match, draft_s, search_s))
+
+    def close(self) -> None:
+        self.drafter.reset()
