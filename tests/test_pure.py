@@ -1,6 +1,4 @@
-"""CPS, ADL, acceptance and stop handling as pure functions on small hand-built inputs."""
-
-import math
+"""ADL, acceptance and stop handling as pure functions on small hand-built inputs."""
 
 import pytest
 import torch
@@ -8,114 +6,11 @@ from scipy.stats import chisquare
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from diffuspec.length import ADLState, adl_update, generated_length
-from diffuspec.path_search import CorpusNGram, NGramProxy, PathSearch, beam_search, prune_lattice
 from diffuspec.stopping import find_stop, safe_length
 from diffuspec.verification import SamplingParams, greedy_accept, gumbel_accept, position_gumbel, sample_accept
 
 EOS = 0
 ALPHA = 1e-3  # false-failure rate of each statistical test
-
-
-def logprobs(rows):
-    return torch.tensor(rows, dtype=torch.float).log()
-
-
-# ----- CPS ------------------------------------------------------------------------------------------------
-
-
-def test_prune_keeps_smallest_set_reaching_tau_and_always_eos():
-    lattice = prune_lattice(
-        logprobs([[0.05, 0.5, 0.3, 0.1, 0.05], [0.01, 0.9, 0.05, 0.02, 0.02]]),
-        tau=0.8, max_candidates=15, eos_token_ids=[EOS],
-    )
-    assert [t for t, _ in lattice[0]] == [1, 2, EOS]  # 0.5 + 0.3 reaches 0.8; EOS added
-    assert [t for t, _ in lattice[1]] == [1, EOS]  # 0.9 alone reaches 0.8
-    assert lattice[0][2][1] == pytest.approx(math.log(0.05))
-
-
-def test_prune_caps_candidates_and_stops_after_eos_position():
-    flat = [[0.2] * 5]
-    eos_first = [[0.6, 0.1, 0.1, 0.1, 0.1]]
-    lattice = prune_lattice(logprobs(flat + eos_first + flat), tau=0.99, max_candidates=2, eos_token_ids=[EOS])
-    assert len(lattice) == 2  # nothing after the position whose best token is EOS
-    assert len(lattice[0]) == 3  # capped at 2, plus EOS
-
-
-def test_beam_search_prefers_causally_consistent_path():
-    # Per position the argmax is "a b", but the proxy has only ever seen "a c" / "d b".
-    proxy = NGramProxy(vocab_size=5, order=2)
-    proxy.extend([1, 3, 1, 3, 1, 3, 4, 2, 4, 2])
-    lattice = [[(1, math.log(0.5)), (4, math.log(0.45))], [(2, math.log(0.5)), (3, math.log(0.45))]]
-    path = beam_search(lattice, proxy, [4, 2], beam_width=3, lam=0.5, eos_token_ids=[EOS])
-    assert path in ([1, 3], [4, 2])
-    assert beam_search(lattice, proxy, [4, 2], beam_width=3, lam=1.0, eos_token_ids=[EOS]) == [1, 2]
-
-
-def test_beam_search_path_ends_at_eos():
-    proxy = NGramProxy(vocab_size=4, order=2)
-    proxy.extend([2, EOS, 2, EOS])
-    lattice = [[(2, math.log(0.9))], [(EOS, math.log(0.6)), (3, math.log(0.4))], [(3, math.log(0.9))]]
-    assert beam_search(lattice, proxy, [1], beam_width=2, lam=0.5, eos_token_ids=[EOS]) == [2, EOS]
-
-
-def test_cps_disabled_is_argmax():
-    lp = logprobs([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]])
-    assert PathSearch(enabled=False)(lp, [], NGramProxy(3), [EOS]) == [1, 0]
-
-
-def test_ngram_proxy_is_a_distribution():
-    proxy = NGramProxy(vocab_size=6, order=3)
-    proxy.extend([1, 2, 3, 1, 2, 4, 1, 2, 3])
-    for history in [(), (2,), (1, 2), (5, 5)]:
-        assert sum(math.exp(proxy.logprob(history, t)) for t in range(6)) == pytest.approx(1.0)
-    assert proxy.logprob((1, 2), 3) > proxy.logprob((1, 2), 4) > proxy.logprob((1, 2), 5)
-
-
-SEQUENCE = [1, 2, 3, 1, 2, 4, 1, 2, 3, 5, 1, 2, 3]
-HISTORIES = [(), (2,), (1, 2), (5, 5), (3, 1, 2), (4,)]
-
-
-def test_corpus_ngram_equals_the_online_model_on_the_same_text():
-    corpus = CorpusNGram.count(torch.tensor([SEQUENCE]), vocab_size=6, order=3, min_count=1)
-    online = NGramProxy(vocab_size=6, order=3)
-    online.extend(SEQUENCE)
-    rows = [(h, t) for h in HISTORIES for t in range(6)]
-    expected = [math.exp(online.logprob(h, t)) for h, t in rows]
-    assert [corpus.prob(h, t) for h, t in rows] == pytest.approx(expected)
-
-
-def test_corpus_ngram_prunes_rare_pairs_and_stays_a_distribution(tmp_path):
-    corpus = CorpusNGram.count(torch.tensor([SEQUENCE, SEQUENCE[::-1]]), vocab_size=6, order=3, start=2)
-    assert all(int(c.min()) >= 2 for table in corpus.tables[1:] for c in [table["counts"]])
-    for history in HISTORIES:
-        assert sum(corpus.prob(history, t) for t in range(6)) == pytest.approx(1.0)
-    corpus.save(tmp_path / "table.safetensors")
-    loaded = CorpusNGram.load(tmp_path / "table.safetensors")
-    assert (loaded.order, loaded.vocab_size) == (3, 6)
-    assert [loaded.prob(h, 3) for h in HISTORIES] == [corpus.prob(h, 3) for h in HISTORIES]
-
-
-def test_corpus_ngram_refuses_keys_that_overflow():
-    assert (CorpusNGram.longest_order(2048), CorpusNGram.longest_order(151_936)) == (5, 3)
-    with pytest.raises(ValueError, match="lower order"):
-        CorpusNGram.count(torch.tensor([[1, 2, 3]]), vocab_size=200_000, order=4)
-
-
-def test_proxy_mixes_online_and_corpus_models():
-    corpus = CorpusNGram.count(torch.tensor([[1, 2, 3] * 4]), vocab_size=6, order=3, min_count=1)
-    online_only, corpus_only = NGramProxy(6, 2), NGramProxy(6, 2, corpus, corpus_weight=1.0)
-    mixed = NGramProxy(6, 2, corpus, corpus_weight=0.25)
-    for proxy in (online_only, corpus_only, mixed):
-        proxy.extend([4, 5, 4, 5])
-    assert mixed.order == 3  # reads as much history as its longer part
-    for history in [(1, 2), (4,), ()]:
-        got = [math.exp(mixed.logprob(history, t)) for t in range(6)]
-        want = [
-            0.75 * math.exp(online_only.logprob(history, t)) + 0.25 * math.exp(corpus_only.logprob(history, t))
-            for t in range(6)
-        ]
-        assert got == pytest.approx(want) and sum(got) == pytest.approx(1.0)
-    assert corpus_only.logprob((1, 2), 3) > math.log(0.5)
 
 
 # ----- ADL ------------------------------------------------------------------------------------------------
