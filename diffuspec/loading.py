@@ -5,12 +5,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import DiffuSpecError
 from .path_search import CorpusNGram
+
+if TYPE_CHECKING:
+    from .config import DiffuSpecConfig
+    from .engine import DiffuSpec
 
 EMBEDDED_DIR = Path(__file__).parent / "demo"
 EMBEDDED = {role: EMBEDDED_DIR / role for role in ("target", "drafter", "ar_drafter")}
@@ -118,18 +123,18 @@ def shared_engine(
     drafter: str | None = None,
     *,
     ar_drafter: str | None = None,
-    device: str | None = None,
-    **config: object,
-):
-    """One engine per distinct (models, device, config), loaded on first use and shared by every wrapper
-    that asks for the same: building a wrapper stays cheap, and the weights are loaded once."""
+    config: DiffuSpecConfig | None = None,
+    **load: object,
+) -> DiffuSpec:
+    """One engine per distinct (models, loading arguments, config), loaded on first use and shared by every
+    wrapper that asks for the same: building a wrapper stays cheap, and the weights are loaded once.
+    ``load`` holds ``from_pretrained``'s loading arguments (device, dtype, device_map, trust_remote_code)."""
     from .config import DiffuSpecConfig
     from .engine import DiffuSpec
 
-    key = (target, drafter, ar_drafter, device, tuple(sorted(config.items())))
+    config = config or DiffuSpecConfig()
+    key = (target, drafter, ar_drafter, config, repr(sorted(load.items())))  # repr: a device_map dict
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = DiffuSpec.from_pretrained(
-                target, drafter, ar_drafter=ar_drafter, device=device, config=DiffuSpecConfig(**config)
-            )
+            _SHARED[key] = DiffuSpec.from_pretrained(target, drafter, ar_drafter=ar_drafter, config=config, **load)
         return _SHARED[key]

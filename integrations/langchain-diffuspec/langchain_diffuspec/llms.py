@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from diffuspec.params import GenerationParams
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -13,37 +14,13 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict
 
-from ._common import EngineFields, final_info, step_info, usage
-
-STEP_EVENT = "diffuspec_step"  # custom callback event fired once per verification step
-
-
-def _step_payload(event) -> dict[str, Any]:
-    return {
-        "accepted_tokens": event.accepted,
-        "draft_length": event.draft_length,
-        "new_tokens": len(event.token_ids),
-        "mean_accepted_tokens": event.stats.mean_accepted_tokens,
-        "steps": event.stats.steps,
-    }
-
-
-def _custom_events(run_manager, manager_class):
-    """A manager that can fire custom events for this run even when the LLM is called directly (no parent
-    run), where ``dispatch_custom_event`` would raise."""
-    return manager_class(
-        handlers=run_manager.handlers, inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.parent_run_id, tags=run_manager.tags, metadata=run_manager.metadata,
-    )
+from ._common import EngineFields, StepEvents, final_info, step_info, usage
 
 
 class DiffuSpecLLM(EngineFields, BaseLLM):
     """LangChain LLM on the diffuspec engine. Streams with ``on_llm_new_token`` per step, fires a
     ``diffuspec_step`` custom event per step, and reports stats and token usage in ``llm_output``."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, protected_namespaces=())
 
     @property
     def _llm_type(self) -> str:
@@ -51,14 +28,18 @@ class DiffuSpecLLM(EngineFields, BaseLLM):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.resolved_model_name, "drafter": self.drafter, "mode": self.mode}
+        return self.identity()
 
-    def _chunk(self, event, prompt_tokens: int) -> GenerationChunk:
+    def _chunk(self, event: Any, prompt_tokens: int) -> GenerationChunk:
         info = step_info(event.accepted, event.draft_length)
         if event.finish_reason is not None:
             info.update(final_info(event.stats, event.finish_reason, self.resolved_model_name))
             info["usage"] = usage(prompt_tokens, event.stats)
         return GenerationChunk(text=event.text, generation_info=info)
+
+    def _start(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[list[int], GenerationParams]:
+        params = self.generation_params(stop, **kwargs)  # checked before the engine loads
+        return self.get_engine().tokenizer(prompt)["input_ids"], params
 
     def _stream(
         self,
@@ -67,14 +48,13 @@ class DiffuSpecLLM(EngineFields, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        engine = self.get_engine()
-        prompt_ids = engine.tokenizer(prompt)["input_ids"]
-        events = _custom_events(run_manager, CallbackManager) if run_manager else None
-        for event in engine.stream(prompt_ids, **self.generation_kwargs(stop, kwargs)):
+        prompt_ids, params = self._start(prompt, stop, kwargs)
+        events = StepEvents.of_run(run_manager, CallbackManager) if run_manager else None
+        for event in self.get_engine().stream(prompt_ids, params=params):
             chunk = self._chunk(event, len(prompt_ids))
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                events.on_custom_event(STEP_EVENT, _step_payload(event), run_id=run_manager.run_id)
+                events.fire(event)
             yield chunk
 
     async def _astream(
@@ -84,14 +64,13 @@ class DiffuSpecLLM(EngineFields, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        engine = self.get_engine()
-        prompt_ids = engine.tokenizer(prompt)["input_ids"]
-        events = _custom_events(run_manager, AsyncCallbackManager) if run_manager else None
-        async for event in engine.astream(prompt_ids, **self.generation_kwargs(stop, kwargs)):
+        prompt_ids, params = self._start(prompt, stop, kwargs)
+        events = StepEvents.of_run(run_manager, AsyncCallbackManager) if run_manager else None
+        async for event in self.get_engine().astream(prompt_ids, params=params):
             chunk = self._chunk(event, len(prompt_ids))
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                await events.on_custom_event(STEP_EVENT, _step_payload(event), run_id=run_manager.run_id)
+                await events.afire(event)
             yield chunk
 
     @staticmethod

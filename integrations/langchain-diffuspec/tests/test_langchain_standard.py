@@ -12,11 +12,11 @@ class TestChatDiffuSpecUnit(ChatModelUnitTests):
 
     @property
     def has_tool_calling(self):
-        return True  # bind_tools and tool-call parsing exist; the demo model itself is too small to call tools
+        return True  # bind_tools and tool-call parsing exist; the demo model itself does not call tools yet
 
     @property
     def has_structured_output(self):
-        return False
+        return True
 
 
 class TestChatDiffuSpecIntegration(ChatModelIntegrationTests):
