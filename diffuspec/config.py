@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dlm import DLMSettings
 
 MODES = ("diffuspec", "ar", "ar-drafter", "prompt-lookup", "dlm", "spiffy")
+DLM_MODES = ("dlm", "spiffy")  # the diffusion model decoded on its own (no AR target involved)
 DRAFT_SAMPLING = ("point-mass", "proposal")
 LENGTH_POLICIES = ("cost", "adl")
 
@@ -51,14 +56,23 @@ class DiffuSpecConfig:
     # "proposal" samples the draft from the drafter's marginals and applies the Leviathan min(1, p/q) rule.
     draft_sampling: str = "point-mass"
     prompt_lookup_max_ngram: int = 3
+    # Modes "dlm" and "spiffy" (the diffusion model decoded on its own): block length, steps per block,
+    # prefix cache and Spiffy's draft graph; None: DLMSettings() defaults.
+    dlm: DLMSettings | None = None
 
     def __post_init__(self) -> None:
+        from .dlm import DLMSettings
+
+        if self.dlm is not None and not isinstance(self.dlm, DLMSettings):
+            raise DiffuSpecError(f"dlm must be a diffuspec.dlm.DLMSettings or None, got {self.dlm!r}")
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise DiffuSpecError(message)
 
         for f in fields(self):  # types first: True is no count, "no" no switch, "0.9" no number
             value, allowed = getattr(self, f.name), str(f.type).replace(" ", "").split("|")
+            if not set(allowed) <= {"bool", "int", "float", "str", "None"}:
+                continue  # a nested settings object validates itself
             ok = (value is None and "None" in allowed) or any(
                 (kind == "bool" and isinstance(value, bool))
                 or (kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool))
@@ -67,6 +81,8 @@ class DiffuSpecConfig:
                 for kind in allowed
             )
             need(ok, f"DiffuSpecConfig.{f.name} must be {' or '.join(allowed)}, got {value!r}")
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers -> plain ones
+                object.__setattr__(self, f.name, int(value) if "int" in allowed else float(value))
 
         need(isinstance(self.mode, str) and self.mode in MODES, f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
         need(

@@ -17,8 +17,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .aio import aiterate
-from .config import DiffuSpecConfig, DiffuSpecError
+from .config import DLM_MODES, DiffuSpecConfig, DiffuSpecError
 from .drafters import ARDrafter, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
+from .dlm import DLMSettings, dlm_steps, spiffy_steps
 from .events import Emitter, Generation, StepEvent
 from .length import ADLPolicy, CostAwarePolicy, FixedLength, LengthPolicy, MachineCosts
 from .loop import speculative_decode
@@ -103,6 +104,7 @@ class DiffuSpec:
                 "leave it out."
             )
         self._cps_ngram = cps_ngram
+        self._dlm: tuple[PreTrainedModel, int, bool] | None = None
         self._drafters = self._drafter_factories()
         cfg = self.config
         self._path_search = PathSearch(
@@ -221,6 +223,8 @@ class DiffuSpec:
             factories["diffuspec"] = lambda: MaskedDiffusionDrafter(
                 model, mask, shifted=shifted, denoising_steps=cfg.denoising_steps, prefix_cache=cfg.drafter_prefix_cache
             )
+            self._dlm = (model, mask, shifted)  # the diffusion model can also be decoded on its own
+            factories["dlm"] = factories["spiffy"] = None
         if self._ar_drafter_model is not None:
             self._check_pair_model(self._ar_drafter_model, "AR drafter")
             factories["ar-drafter"] = lambda: ARDrafter(self._ar_drafter_model)
@@ -238,10 +242,13 @@ class DiffuSpec:
             if not prompt:
                 raise DiffuSpecError("the prompt is empty: give at least one character of text")
             ids = self.tokenizer(prompt)["input_ids"]
-        elif isinstance(prompt, torch.Tensor) and prompt.dim() == 1 and not prompt.is_floating_point():
-            ids = prompt.tolist()
-        elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)) or hasattr(prompt, "tolist"):
-            ids = list(prompt.tolist() if hasattr(prompt, "tolist") else prompt)
+        elif hasattr(prompt, "tolist") or isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
+            # numpy arrays and tensors through tolist(): their bools and floats then fail the check below
+            ids = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)
+            if not isinstance(ids, list):
+                raise DiffuSpecError(
+                    f"the prompt is a single number ({ids!r}), not a sequence: pass a flat list of token ids"
+                )
             bad = next((t for t in ids if not _is_token_id(t)), None)
             if bad is not None:
                 raise DiffuSpecError(
@@ -269,6 +276,11 @@ class DiffuSpec:
         return ids
 
     def _params(self, max_new_tokens: int | None, params: GenerationParams | None, kwargs: dict) -> GenerationParams:
+        if params is not None and not isinstance(params, GenerationParams):
+            raise DiffuSpecError(
+                f"params must be a GenerationParams, got {type(params).__name__}: pass GenerationParams(...) or "
+                "the fields as keyword arguments"
+            )
         if max_new_tokens is not None:
             kwargs = {"max_new_tokens": max_new_tokens, **kwargs}
         p = GenerationParams.of(params, **kwargs)
@@ -339,6 +351,9 @@ class DiffuSpec:
                 emitter = Emitter(self.tokenizer, params.stop, self.eos_token_ids, prompt_length=len(prompt_ids),
                                   max_new_tokens=params.max_new_tokens, context_window=self.context_window)
                 mode = params.mode or self.config.mode
+                if mode in DLM_MODES:
+                    yield from self._dlm_decode(mode, prompt_ids, params, sampling, generator)
+                    return
                 proposer = self._proposer(mode, prompt_ids, sampling, generator)
                 calibrate = self.config.k_max + 1 if self._uses_cost_policy(mode) else 0
                 yield from speculative_decode(self.target, prompt_ids, proposer, emitter, sampling, seed, generator,
@@ -347,6 +362,31 @@ class DiffuSpec:
                 self._owner = None
                 if proposer is not None:
                     proposer.close()  # drop its caches: an abandoned stream frees memory now
+
+    def _dlm_decode(self, mode: str, prompt_ids: list[int], params: GenerationParams, sampling: SamplingParams,
+                    generator: torch.Generator) -> Iterator[StepEvent]:
+        """The diffusion model as the model decoded: one event per forward pass, whose draft length is the
+        number of Spiffy draft states evaluated and whose "accepted" count the extra denoising steps they saved."""
+        model, mask, shifted = self._dlm
+        emitter = Emitter(self.tokenizer, params.stop, self.eos_token_ids, prompt_length=len(prompt_ids),
+                          max_new_tokens=params.max_new_tokens, context_window=context_window(model.config))
+        run = spiffy_steps if mode == "spiffy" else dlm_steps
+        steps = run(model, mask, prompt_ids, emitter.room, shifted=shifted, sampling=sampling, generator=generator,
+                    eos_token_ids=self.eos_token_ids, settings=self.config.dlm or DLMSettings())
+        try:
+            last = time.perf_counter()
+            for step in steps:
+                tokens, finish = emitter.commit(step.tokens)
+                emitter.stats.step(step.graph_size, step.denoising_steps - 1, len(tokens), target_forwards=step.forwards,
+                                   denoising_steps=step.denoising_steps)
+                now = time.perf_counter()
+                emitter.stats.seconds["verify"] += now - last
+                last = now
+                yield emitter.event(tokens, step.graph_size, step.denoising_steps - 1, finish)
+                if finish:
+                    return
+        finally:
+            steps.close()
 
     def _uses_cost_policy(self, mode: str) -> bool:
         return self._drafters[mode] is not None and self.config.draft_length is None and self.config.length_policy == "cost"

@@ -22,6 +22,7 @@ where each verified token costs time.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,19 +60,26 @@ def adl_update(
 
 def expected_tokens(alphas: Sequence[float], k: int) -> float:
     """E(k) = 1 + sum_{j=1..k} prod_{i<j} alpha_i: tokens a step commits when it drafts k tokens."""
-    total, reach = 1.0, 1.0
-    for alpha in alphas[:k]:
-        reach *= alpha
-        total += reach
-    return total
+    return expected_tokens_table(alphas, k)[k]
+
+
+def expected_tokens_table(alphas: Sequence[float], k_max: int) -> list[float]:
+    """[E(0), E(1), ..., E(k_max)] in one pass (alphas beyond their length count as 0)."""
+    table, reach = [1.0], 1.0
+    for k in range(k_max):
+        reach *= alphas[k] if k < len(alphas) else 0.0
+        table.append(table[-1] + reach)
+    return table
 
 
 def best_draft_length(
-    alphas: Sequence[float], step_seconds: Callable[[int], float], k_min: int, k_max: int
+    alphas: Sequence[float], step_seconds: Sequence[float], k_min: int, k_max: int
 ) -> tuple[int, float]:
-    """The k in [k_min, k_max] with the most expected tokens per second, and E(k)."""
-    best = max(range(k_min, k_max + 1), key=lambda k: expected_tokens(alphas, k) / step_seconds(k))
-    return best, expected_tokens(alphas, best)
+    """The k in [k_min, k_max] with the most expected tokens per second, and E(k); ``step_seconds[k]`` is the
+    time of a step that drafts k tokens."""
+    tokens = expected_tokens_table(alphas, k_max)
+    best = max(range(k_min, k_max + 1), key=lambda k: tokens[k] / max(step_seconds[k], 1e-12))
+    return best, tokens[best]
 
 
 def argmax_match(argmax_path: Sequence[int], verified_path: Sequence[int], accepted: int, next_token: int) -> int:
@@ -123,20 +131,21 @@ class CostCurve:
         old = self.points.get(size)
         self.points[size] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
 
-    def __call__(self, size: int) -> float:
-        if not self.points:
-            return 0.0
+    def table(self, largest: int) -> list[float]:
+        """[cost(0), ..., cost(largest)]."""
         xs = sorted(self.points)
-        if size in self.points:
-            return self.points[size]
-        if len(xs) == 1:
-            return self.points[xs[0]]
-        lo = max([x for x in xs if x < size], default=None)
-        hi = min([x for x in xs if x > size], default=None)
-        if lo is None:
-            lo, hi = xs[0], xs[1]
-        elif hi is None:
-            lo, hi = xs[-2], xs[-1]
+        return [self._at(size, xs) for size in range(largest + 1)]
+
+    def __call__(self, size: int) -> float:
+        return self._at(size, sorted(self.points))
+
+    def _at(self, size: int, xs: list[int]) -> float:
+        if not xs:
+            return 0.0
+        if size in self.points or len(xs) == 1:
+            return self.points.get(size, self.points[xs[0]])
+        i = min(max(bisect.bisect(xs, size), 1), len(xs) - 1)  # the knots (xs[i-1], xs[i]) around or nearest
+        lo, hi = xs[i - 1], xs[i]
         slope = (self.points[hi] - self.points[lo]) / (hi - lo)
         return max(0.0, self.points[lo] + slope * (size - lo))
 
@@ -230,12 +239,12 @@ class CostAwarePolicy(LengthPolicy):
         self.probe_every, self.steps = probe_every, 0
 
     def _plan(self, alphas: Sequence[float], search: bool, k_max: int) -> tuple[int, float, float]:
-        def seconds(k: int) -> float:
-            t = self.draft_cost(k) + self.costs.verify(k + 1) + self.costs.other(k)
-            return t + (self.search_cost(k) if search else 0.0)
-
+        verify = self.costs.verify.table(k_max + 1)
+        seconds = [a + b + c for a, b, c in zip(self.draft_cost.table(k_max), verify[1:], self.costs.other.table(k_max))]
+        if search:
+            seconds = [t + s for t, s in zip(seconds, self.search_cost.table(k_max))]
         k, tokens = best_draft_length(alphas, seconds, min(self.k_min, k_max), k_max)
-        return k, tokens, tokens / max(seconds(k), 1e-9)
+        return k, tokens, tokens / max(seconds[k], 1e-12)
 
     def choose(self, room: int) -> LengthChoice:
         self.steps += 1
