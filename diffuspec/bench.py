@@ -19,9 +19,12 @@ from typing import Any
 import torch
 
 from .engine import DiffuSpec
-from .stats import PHASES, DecodingStats
+from .stats import PHASES, DecodingStats, repeated_ngram_share
 
-LOSSLESS_NOTE = "all methods are greedy and lossless: each output is checked against target-only AR decoding"
+LOSSLESS_NOTE = ("all methods are greedy and lossless: each output is checked against target-only AR decoding "
+                 "(spiffy against dlm, the diffusion model's own sampler)")
+# A method checked against another than AR greedy decoding: Spiffy must reproduce the DLM's own sampler.
+REFERENCES = {"spiffy": "dlm", "dlm": "dlm"}
 
 
 @dataclass
@@ -32,12 +35,14 @@ class MethodTotals:
     name: str
     new_tokens: int = 0
     wall_seconds: float = 0.0
+    repeated_tokens: float = 0.0
     decoding: DecodingStats = field(default_factory=DecodingStats)
     draft_lengths_first_run: list[int] = field(default_factory=list)
     peak_memory_mb: float | None = None
 
-    def add(self, new_tokens: int, wall: float, stats: DecodingStats | None) -> None:
-        self.new_tokens += new_tokens
+    def add(self, tokens: list[int], wall: float, stats: DecodingStats | None) -> None:
+        self.new_tokens += len(tokens)
+        self.repeated_tokens += repeated_ngram_share(tokens) * len(tokens)
         self.wall_seconds += wall
         if stats is None:
             return
@@ -58,10 +63,18 @@ class MethodTotals:
             "tokens_per_target_forward": self.new_tokens / d.target_forwards if engine_run else None,
             "acceptance_rate": d.acceptance_rate if d.drafted_tokens else None,
             "time_share": {p: s / timed for p, s in d.seconds.items()} if engine_run and timed else None,
+            "repetition": self.repeated_tokens / self.new_tokens if self.new_tokens else 0.0,
+            "predicted_tokens_per_step": _mean_finite(d.predicted_tokens),
+            "tokens_per_step": d.tokens_per_step if engine_run else None,
             "peak_memory_mb": self.peak_memory_mb,
             "new_tokens": self.new_tokens,
             "wall_seconds": self.wall_seconds,
         }
+
+
+def _mean_finite(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if v == v]  # NaN: no prediction that step
+    return sum(finite) / len(finite) if finite else None
 
 
 Runner = Callable[[list[int], int], tuple[list[int], DecodingStats | None]]
@@ -102,12 +115,18 @@ def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> 
     methods["hf-prompt-lookup"] = transformers_runner(engine, prompt_lookup_num_tokens=10)
     if "diffuspec" in engine.modes:
         methods["diffuspec"] = engine_runner(engine.with_config(cps=True, draft_length=None), "diffuspec")
+        methods["diffuspec-adl"] = engine_runner(engine.with_config(length_policy="adl", draft_length=None), "diffuspec")
         methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False, draft_length=None), "diffuspec")
         for k in fixed_ks:
             methods[f"diffuspec-k{k}"] = engine_runner(engine.with_config(cps=True, draft_length=k), "diffuspec")
         k = engine.config.k_max
         methods[f"diffuspec-no-cps-k{k}"] = engine_runner(engine.with_config(cps=False, draft_length=k), "diffuspec")
     return methods
+
+
+def dlm_methods(engine: DiffuSpec) -> dict[str, Runner]:
+    """The diffusion model decoded on its own, plain and with Spiffy (checked against plain)."""
+    return {mode: engine_runner(engine, mode) for mode in ("dlm", "spiffy") if mode in engine.modes}
 
 
 def run_benchmark(
@@ -129,7 +148,7 @@ def run_benchmark(
 
     for name in names:  # warm-up: first calls pay for allocation and kernel selection
         methods[name](prompt_ids[0], min(16, max_new_tokens))
-    references: dict[int, list[int]] = {}
+    references: dict[tuple[str, int], list[int]] = {}
     bar = tqdm(total=repeats * len(prompt_ids) * len(names), desc="bench", disable=not progress)
     for _ in range(repeats):
         for p, ids in enumerate(prompt_ids):
@@ -146,20 +165,29 @@ def run_benchmark(
                 if cuda:
                     peak = torch.cuda.max_memory_allocated() / 2**20
                     totals[name].peak_memory_mb = max(totals[name].peak_memory_mb or 0.0, peak)
-                totals[name].add(len(tokens), wall, stats)
-                reference = references.setdefault(p, methods["ar"](ids, max_new_tokens)[0] if name != "ar" else tokens)
+                totals[name].add(tokens, wall, stats)
+                ref = REFERENCES.get(name, "ar")
+                if ref not in methods:
+                    continue
+                reference = references.get((ref, p))
+                if reference is None:
+                    reference = tokens if name == ref else methods[ref](ids, max_new_tokens)[0]
+                    references[(ref, p)] = reference
                 if tokens != reference:
                     raise RuntimeError(
-                        f"{name} is not lossless: its output on prompt {p} differs from AR greedy decoding "
+                        f"{name} is not lossless: its output on prompt {p} differs from {ref} greedy decoding "
                         f"at token {next(i for i, (a, b) in enumerate(zip(tokens + [-1], reference + [-1])) if a != b)}"
                     )
                 bar.update()
     bar.close()
-    reference_tps = totals["ar"].new_tokens / totals["ar"].wall_seconds
+    base = "ar" if "ar" in totals else names[0]
+    reference_tps = totals[base].new_tokens / totals[base].wall_seconds
     return {
         "machine": machine_description(engine),
         "settings": {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "repeats": repeats,
-                     "engine_config": dict(engine.config.__dict__), "note": LOSSLESS_NOTE},
+                     "engine_config": {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+                                       for k, v in engine.config.__dict__.items()},
+                     "speedup_reference": base, "note": LOSSLESS_NOTE},
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "methods": [totals[name].row(reference_tps) for name in names],
         "traces": {name: {"accepted_lengths": t.decoding.accepted_lengths,
@@ -180,18 +208,21 @@ def markdown_table(results: dict[str, Any]) -> str:
     def fmt(value, pattern="{:.2f}"):
         return "-" if value is None else pattern.format(value)
 
+    base = results["settings"].get("speedup_reference", "ar")
     lines = [
-        "| method | tokens/s | speedup vs AR | MAT | tokens / target forward | acceptance | "
-        "draft / search / verify / other | peak GPU MB |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        f"| method | tokens/s | speedup vs {base} | MAT | tokens / target forward | predicted / realised tokens per "
+        "step | acceptance | draft / search / verify / other | repeated 4-grams | peak GPU MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in results["methods"]:
         share = row["time_share"]
         split = " / ".join(f"{share[p]:.0%}" for p in PHASES) if share else "-"
+        predicted = row.get("predicted_tokens_per_step")
+        per_step = f"{fmt(predicted)} / {fmt(row.get('tokens_per_step'))}" if predicted is not None else "-"
         lines.append(
             f"| {row['method']} | {row['tokens_per_second']:.1f} | {fmt(row['speedup'])}x | {fmt(row['mat'])} | "
-            f"{fmt(row['tokens_per_target_forward'])} | {fmt(row['acceptance_rate'], '{:.0%}')} | {split} | "
-            f"{fmt(row['peak_memory_mb'], '{:.0f}')} |"
+            f"{fmt(row['tokens_per_target_forward'])} | {per_step} | {fmt(row['acceptance_rate'], '{:.0%}')} | "
+            f"{split} | {fmt(row.get('repetition'), '{:.0%}')} | {fmt(row['peak_memory_mb'], '{:.0f}')} |"
         )
     s = results["settings"]
     lines.append("")
@@ -216,11 +247,11 @@ def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
     if focus in traces:
         t = traces[focus]
         ax = axes[0][1]
-        ax.hist(t["accepted_lengths"], bins=range(0, max(t["accepted_lengths"] + [1]) + 2), color="tab:green")
+        ax.hist(t["accepted_lengths"], bins=range(0, max([*t["accepted_lengths"], 1]) + 2), color="tab:green")
         ax.set_title(f"{focus}: accepted draft tokens per step")
         ax = axes[1][0]
         ax.plot(t["draft_lengths_first_run"], marker=".", color="tab:orange")
-        ax.set_title(f"{focus}: draft length k over one generation (ADL)")
+        ax.set_title(f"{focus}: draft length k over one generation (length policy)")
         ax.set_xlabel("verification step")
     ax = axes[1][1]
     for name, t in traces.items():

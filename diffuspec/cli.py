@@ -56,21 +56,25 @@ def _align(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+PROMPT_SETS = {"heldout": "prompts.jsonl", "short": "short_prompts.jsonl", "chat": "chat_prompts.jsonl"}
+
+
 def _bench(args: argparse.Namespace) -> None:
-    from .bench import default_methods, markdown_table, run_benchmark, write_results
+    from .bench import default_methods, dlm_methods, markdown_table, run_benchmark, write_results
     from .engine import DiffuSpec
     from .loading import EMBEDDED_DIR
     from .training import read_prompts
 
     engine = DiffuSpec.from_pretrained(args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device)
-    source = args.spec_bench or args.prompts or (EMBEDDED_DIR / "prompts.jsonl")
+    source = args.spec_bench or args.prompts or (EMBEDDED_DIR / PROMPT_SETS[args.prompt_set])
     prompts = read_prompts(source)[: args.limit]
-    methods = default_methods(engine)
-    if args.methods:
-        unknown = set(args.methods) - set(methods)
-        if unknown:
-            raise DiffuSpecError(f"unknown methods {sorted(unknown)}: choose from {', '.join(methods)}")
-        methods = {name: methods[name] for name in ["ar", *args.methods] if name in methods}
+    methods = {**default_methods(engine), **dlm_methods(engine)}
+    chosen = args.methods or [name for name in methods if name not in ("dlm", "spiffy")]
+    unknown = set(chosen) - set(methods)
+    if unknown:
+        raise DiffuSpecError(f"unknown methods {sorted(unknown)}: choose from {', '.join(methods)}")
+    always = ["ar"] if not set(chosen) <= {"dlm", "spiffy"} else ["dlm"]  # the reference of what is measured
+    methods = {name: methods[name] for name in dict.fromkeys([*always, *chosen])}
     results = run_benchmark(engine, prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats, methods=methods)
     results["settings"]["prompt_source"] = str(source)
     results["settings"]["command"] = "diffuspec " + " ".join(sys.argv[1:])
@@ -131,12 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target")
     bench.add_argument("--drafter")
     bench.add_argument("--ar-drafter")
-    bench.add_argument("--prompts", help="prompt file (default: the demo pair's held-out prompts)")
+    bench.add_argument("--prompts", help="prompt file (default: the demo pair's prompt set, see --prompt-set)")
+    bench.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="heldout",
+                       help="the embedded pair's prompt sets: held-out corpus windows, one-line short prompts, or "
+                       "chat-format prompts")
     bench.add_argument("--spec-bench", help="a Spec-Bench question.jsonl (first turn of each question)")
     bench.add_argument("--limit", type=int, help="use only the first N prompts")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=1, help="passes over the prompts (their stats are summed)")
-    bench.add_argument("--methods", nargs="+", help="subset of methods (the AR reference always runs)")
+    bench.add_argument("--methods", nargs="+", help="subset of methods (the AR reference always runs; dlm and "
+                       "spiffy, the drafter decoded on its own, run only when named, with dlm as their reference)")
     bench.add_argument("--device")
     bench.add_argument("--out", default="bench-results")
     bench.set_defaults(run=_bench)
