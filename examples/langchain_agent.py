@@ -1,51 +1,57 @@
-"""A tool-using agent loop with LangChain on the embedded demo pair.
+"""A tool-using agent with LangChain's ``create_agent`` on the embedded demo pair, fully offline.
 
-The model is offered tools through ``bind_tools``; every ``<tool_call>`` it writes is parsed into
-``AIMessage.tool_calls``, run, and answered with a ``ToolMessage`` until the model answers in plain text.
-The tiny demo model rarely calls tools; point ``ChatDiffuSpec(target=..., drafter=...)`` at an instruct model
-with a tool-aware chat template (e.g. Qwen2.5-Instruct) for real tool use. ``langchain.agents.create_agent``
-accepts ``ChatDiffuSpec`` the same way.
+``create_agent`` binds the tools to ``ChatDiffuSpec``; the model answers with a ``<tool_call>`` (parsed into
+``AIMessage.tool_calls``), the agent runs the tool and returns a ``ToolMessage``, and the model answers with
+the result. Every message of each run is printed, with MAT and the repeated 4-gram share of each model turn.
 """
 
 import os
 
-from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_diffuspec import ChatDiffuSpec
 
-MAX_TOKENS = int(os.environ.get("DIFFUSPEC_EXAMPLE_TOKENS", "96"))
+from diffuspec.stats import repeated_ngram_share
+
+MAX_TOKENS = int(os.environ.get("DIFFUSPEC_EXAMPLE_TOKENS", "64"))
+FORECASTS = {"oslo": "rain, 9 C", "lima": "sunny, 24 C", "tokyo": "cloudy, 17 C"}
+REQUESTS = ["Use the get_weather tool with city Oslo.", "Call word_count with text=hello."]
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather."""
+    return FORECASTS.get(city.lower(), "unknown")
 
 
 @tool
 def word_count(text: str) -> int:
-    """Count the words in a text."""
+    """Count the words."""
     return len(text.split())
 
 
-@tool
-def python_keywords(prefix: str) -> list[str]:
-    """List the Python keywords that start with a prefix."""
-    import keyword
-
-    return [k for k in keyword.kwlist if k.startswith(prefix)]
-
-
-def main(max_turns: int = 3) -> None:
-    tools = {t.name: t for t in (word_count, python_keywords)}
-    model = ChatDiffuSpec(max_tokens=MAX_TOKENS).bind_tools(list(tools.values()))
-    messages = [SystemMessage("You are a Python assistant."), HumanMessage("Which Python keywords start with 'i'?")]
-    for turn in range(max_turns):
-        reply = model.invoke(messages)
-        messages.append(reply)
-        meta = reply.response_metadata
-        print(f"--- turn {turn + 1}: MAT {meta['mean_accepted_tokens']:.2f}, {len(reply.tool_calls)} tool call(s)")
-        if not reply.tool_calls:
-            print(reply.content)
-            break
-        for call in reply.tool_calls:
-            result = tools[call["name"]].invoke(call["args"])
-            print(f"{call['name']}({call['args']}) -> {result}")
-            messages.append(ToolMessage(str(result), tool_call_id=call["id"], name=call["name"]))
+def main() -> None:
+    model = ChatDiffuSpec(max_tokens=MAX_TOKENS)
+    agent = create_agent(model, tools=[get_weather, word_count])
+    calls = 0
+    for request in REQUESTS:
+        print(f"user: {request}")
+        result = agent.invoke({"messages": [("user", request)]}, {"recursion_limit": 6})
+        for message in result["messages"][1:]:
+            if isinstance(message, AIMessage):
+                meta = message.response_metadata
+                repeated = repeated_ngram_share(model.get_token_ids(message.content))
+                figures = f"(MAT {meta['mean_accepted_tokens']:.2f}, repeated 4-gram share {repeated:.0%})"
+                for call in message.tool_calls:
+                    calls += 1
+                    print(f"assistant calls {call['name']}({call['args']}) {figures}")
+                if message.content:
+                    print(f"assistant: {message.content} {figures}")
+            elif isinstance(message, ToolMessage):
+                print(f"tool {message.name} -> {message.content}")
+        print()
+    print(f"{calls} tool call(s) executed")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from ..loading import CPS_NGRAM_FILE, EMBEDDED_DIR
 from ..path_search import CorpusNGram
+from . import chat_data
 from .chat_data import CHAT_TEMPLATE, Conversation, render, stdlib_facts, synthesize
 from .data import EOS_TOKEN, MASK_TOKEN, random_windows, read_prompts, stdlib_corpus, token_stream, train_tokenizer
 from .distillation import DistillationSet, greedy_continuations
@@ -51,7 +52,7 @@ class DemoRecipe:
     # Chat fine-tune of the target: synthesised conversations (loss on the assistant's tokens) with
     # ``chat_code_rows`` rows of raw corpus code in every batch, so code completion stays.
     chat_conversations: int = 12000
-    chat_steps: int = 110
+    chat_steps: int = 100
     chat_seq_len: int = 192
     chat_code_rows: int = 4
     chat_lr: float = 2e-3
@@ -92,17 +93,23 @@ PRESETS = {
 
 BASE_TARGET_FIELDS = ("seed", "corpus_bytes", "heldout_every", "vocab_size", "context", "seq_len", "batch_size",
                       "target", "target_steps", "lr")
+CHAT_FIELDS = BASE_TARGET_FIELDS + ("chat_conversations", "chat_steps", "chat_seq_len", "chat_code_rows", "chat_lr")
 SHORT_PROMPTS = "short_prompts.jsonl"  # hand-written one-line prompts, beside the held-out ones
 
 
+def _key(recipe: DemoRecipe, fields: tuple[str, ...], extra: str = "") -> str:
+    """A short hash of the recipe fields (and Python version: the corpus is its standard library) that decide
+    a stage's result."""
+    values = {f: asdict(recipe)[f] for f in fields} | {"python": sysconfig.get_python_version(), "extra": extra}
+    return f"{zlib.crc32(json.dumps(values, sort_keys=True).encode()):08x}"
+
+
 def base_target_dir(recipe: DemoRecipe) -> Path:
-    """Where the pre-trained (pre-chat) target and its tokenizer are kept between builds: outside the shipped
-    folder (``$DIFFUSPEC_CACHE`` or ``~/.cache/diffuspec``), keyed by the recipe fields and Python version
-    that decide it."""
-    fields = {f: asdict(recipe)[f] for f in BASE_TARGET_FIELDS} | {"python": sysconfig.get_python_version()}
-    key = f"{zlib.crc32(json.dumps(fields, sort_keys=True).encode()):08x}"
+    """Where the pre-trained (pre-chat) target and its tokenizer are kept between builds, with the chat-tuned
+    targets made from it (``chat-<key>/``): outside the shipped folder (``$DIFFUSPEC_CACHE`` or
+    ``~/.cache/diffuspec``), keyed by the recipe fields that decide them."""
     root = Path(os.environ.get("DIFFUSPEC_CACHE", Path.home() / ".cache" / "diffuspec"))
-    return root / f"demo-base-target-{key}"
+    return root / f"demo-base-target-{_key(recipe, BASE_TARGET_FIELDS)}"
 
 
 def _model_card(role: str, title: str, model: PreTrainedModel, facts: dict) -> str:
@@ -151,6 +158,23 @@ def chat_stream(tokenizer, conversations: list[Conversation]) -> tuple[torch.Ten
         ids += out["input_ids"]
         learn += out["assistant_masks"]
     return torch.tensor(ids), torch.tensor(learn, dtype=torch.bool), torch.tensor(starts)
+
+
+def fine_tune_chat(target, recipe: DemoRecipe, chat_ids: torch.Tensor, chat_learn: torch.Tensor,
+                   chat_starts: torch.Tensor, code_stream: torch.Tensor, gen: torch.Generator, device: str) -> list[float]:
+    """Stage 3: the loss is on the assistant's tokens of windows that start at a conversation; every batch
+    also holds ``chat_code_rows`` windows of raw corpus code (all tokens learnt), so code completion stays."""
+    chat_rows, n = recipe.batch_size - recipe.chat_code_rows, recipe.chat_seq_len
+
+    def chat_batch(step: int) -> torch.Tensor:
+        starts = chat_starts[torch.randint(0, chat_starts.numel(), (chat_rows,), generator=gen)]
+        positions = starts.clamp(max=chat_ids.numel() - n)[:, None] + torch.arange(n)
+        code = random_windows(code_stream, recipe.chat_code_rows, n, gen)
+        tokens = torch.cat([chat_ids[positions], code]).to(device)
+        learn = torch.cat([chat_learn[positions], torch.ones_like(code, dtype=torch.bool)]).to(device)
+        return causal_lm_loss(target, tokens, learn)
+
+    return fit(target, chat_batch, recipe.chat_steps, recipe.chat_lr, "target (chat)")
 
 
 def train_drafters(recipe: DemoRecipe, tokenizer, windows, stage, curves: dict, device: str):
@@ -229,20 +253,19 @@ def train_demo(
         (base_dir / "curve.json").write_text(json.dumps(curves["target: causal LM loss"]))
 
     print("[3/8] chat fine-tune of the target: synthesised chat, RAG and tool conversations, raw code mixed in")
-    gen = stage(6)
     conversations = synthesize(facts, recipe.chat_conversations, recipe.seed + 10, "train")
     chat_ids, chat_learn, chat_starts = chat_stream(tokenizer, conversations)
-    chat_rows, n = recipe.batch_size - recipe.chat_code_rows, recipe.chat_seq_len
-
-    def chat_batch(step: int) -> torch.Tensor:
-        starts = chat_starts[torch.randint(0, chat_starts.numel(), (chat_rows,), generator=gen)]
-        positions = starts.clamp(max=chat_ids.numel() - n)[:, None] + torch.arange(n)
-        code = random_windows(train_stream, recipe.chat_code_rows, n, gen)
-        tokens = torch.cat([chat_ids[positions], code]).to(device)
-        learn = torch.cat([chat_learn[positions], torch.ones_like(code, dtype=torch.bool)]).to(device)
-        return causal_lm_loss(target, tokens, learn)
-
-    curves["target: chat fine-tune loss"] = fit(target, chat_batch, recipe.chat_steps, recipe.chat_lr, "target (chat)")
+    chat_dir = base_dir / f"chat-{_key(recipe, CHAT_FIELDS, Path(chat_data.__file__).read_text())}"
+    if reuse_target and (chat_dir / "config.json").exists():
+        print(f"      reused from {chat_dir}")
+        target = AutoModelForCausalLM.from_pretrained(chat_dir).to(device)
+        curves["target: chat fine-tune loss"] = json.loads((chat_dir / "curve.json").read_text())
+    else:
+        curves["target: chat fine-tune loss"] = fine_tune_chat(
+            target, recipe, chat_ids, chat_learn, chat_starts, train_stream, stage(6), device
+        )
+        target.save_pretrained(chat_dir)
+        (chat_dir / "curve.json").write_text(json.dumps(curves["target: chat fine-tune loss"]))
 
     print("[4/8] distillation set: the target's greedy continuations of varied-length raw and chat prompts")
     gen = stage(3)
@@ -286,7 +309,7 @@ def train_demo(
     short_prompts = read_prompts(EMBEDDED_DIR / SHORT_PROMPTS)
     config = DiffuSpecConfig()
     engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter, cps_ngram=cps_ngram)
-    before = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens, variants=["diffuspec", "ar-drafter"])
+    before = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens, variants=["diffuspec"])
 
     print("[7/8] align the drafter (streak distillation); distil the AR drafter on the same continuations")
     gen = stage(4)
@@ -305,8 +328,9 @@ def train_demo(
 
     print("[8/8] evaluation (held-out code, short and chat prompts), model cards, plots")
     engine = DiffuSpec(target, drafter, tokenizer, config, ar_drafter=ar_drafter, cps_ngram=cps_ngram)
-    after = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens)
-    short = evaluate_pair(engine, short_prompts, recipe.eval_new_tokens, variants=["diffuspec", "diffuspec-no-cps"])
+    after = evaluate_pair(engine, eval_prompts, recipe.eval_new_tokens,
+                          variants=["diffuspec", "diffuspec-no-cps", "ar-drafter"])
+    short = evaluate_pair(engine, short_prompts, recipe.eval_new_tokens, variants=["diffuspec"])
     heldout_chats = synthesize(facts, recipe.eval_chat, recipe.seed + 20, "eval")
     chat = evaluate_chat(engine, heldout_chats, recipe.eval_chat_new_tokens)
     val_gen = torch.Generator().manual_seed(recipe.seed + 1)
