@@ -17,8 +17,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .aio import aiterate
+from .caches import new_cache
 from .config import DLM_MODES, DiffuSpecConfig, DiffuSpecError
-from .drafters import ARDrafter, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
+from .adapters import DrafterWithTokenizer, drafter_factory
+from .adapters.diffusion_gemma import is_diffusion_gemma
+from .caches import check_rollback
+from .drafters import Drafter, PromptLookupDrafter
 from .dlm import DLMSettings, dlm_steps, spiffy_steps
 from .events import Emitter, Generation, StepEvent
 from .length import ADLPolicy, CostAwarePolicy, FixedLength, LengthPolicy, MachineCosts
@@ -26,6 +30,7 @@ from .loop import speculative_decode
 from .params import GenerationParams
 from .path_search import CorpusNGram, NGramProxy, PathSearch
 from .proposers import DraftProposer, Proposer, TargetOnly
+from .tree import supports_tree
 from .verification import SamplingParams
 
 
@@ -115,6 +120,8 @@ class DiffuSpec:
             lam=cfg.cps_lambda if cfg.cps_lambda is not None else 0.5 if cps_ngram else 0.9,
         )
         self._costs = MachineCosts.empty()
+        # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
+        self._draft_paths = cfg.draft_paths if supports_tree(target, new_cache(target)) else 1
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)
@@ -190,14 +197,16 @@ class DiffuSpec:
             eos = self.tokenizer.eos_token_id
         return frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
 
-    def _check_pair_model(self, model: PreTrainedModel, role: str) -> None:
+    def _check_pair_model(self, model: PreTrainedModel | DrafterWithTokenizer, role: str) -> None:
+        translated = isinstance(model, DrafterWithTokenizer)  # its drafts cross over as text: any vocabulary
+        model = model.model if translated else model
         if model.device != self.device:
             raise DiffuSpecError(
                 f"the target is on {self.device} but the {role} is on {model.device}: put both on one device "
                 f"(model.to(device), or DiffuSpec.from_pretrained(..., device=...))"
             )
         n_tokens, n_model = len(self.tokenizer), _vocab_size(model)
-        if min(n_model, self.vocab_size) < n_tokens:
+        if not translated and min(n_model, self.vocab_size) < n_tokens:
             raise DiffuSpecError(
                 f"the {role} has {n_model} output tokens and the target {self.vocab_size}, but the tokenizer has "
                 f"{n_tokens}: the models do not share this tokenizer. Use a {role} trained with the target's "
@@ -209,25 +218,27 @@ class DiffuSpec:
         per request, so their caches are the request's; a ``Drafter`` object given by the caller is reused
         (and reset) for every request."""
         cfg = self.config
+        check_rollback(self.target, "target")
         factories: dict[str, Callable[[], Drafter] | None] = {
             "ar": None,
             "prompt-lookup": lambda: PromptLookupDrafter(max_ngram=cfg.prompt_lookup_max_ngram),
         }
+        adapter = dict(tokenizer=self.tokenizer, config=cfg, mask_token_id=self._mask_token_id,
+                       vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids)
         model = self._drafter_model
         if isinstance(model, Drafter):
             factories["diffuspec"] = lambda: model
         elif model is not None:
             self._check_pair_model(model, "drafter")
-            mask = resolve_mask_token(self.tokenizer, model, self._mask_token_id)
-            shifted = resolve_logits_shift(model, cfg.logits_shift)
-            factories["diffuspec"] = lambda: MaskedDiffusionDrafter(
-                model, mask, shifted=shifted, denoising_steps=cfg.denoising_steps, prefix_cache=cfg.drafter_prefix_cache
-            )
-            self._dlm = (model, mask, shifted)  # the diffusion model can also be decoded on its own
-            factories["dlm"] = factories["spiffy"] = None
+            factories["diffuspec"] = drafter_factory(model, autoregressive=False, **adapter)
+            if not isinstance(model, DrafterWithTokenizer) and not is_diffusion_gemma(model):
+                mask = resolve_mask_token(self.tokenizer, model, self._mask_token_id)
+                shifted = resolve_logits_shift(model, cfg.logits_shift)
+                self._dlm = (model, mask, shifted)  # a masked diffusion model can also be decoded on its own
+                factories["dlm"] = factories["spiffy"] = None
         if self._ar_drafter_model is not None:
             self._check_pair_model(self._ar_drafter_model, "AR drafter")
-            factories["ar-drafter"] = lambda: ARDrafter(self._ar_drafter_model)
+            factories["ar-drafter"] = drafter_factory(self._ar_drafter_model, autoregressive=True, **adapter)
         return factories
 
     def _require_mode(self, mode: str) -> None:
@@ -394,12 +405,14 @@ class DiffuSpec:
     def _length_policy(self, mode: str, sampling: SamplingParams) -> LengthPolicy:
         cfg = self.config
         search = cfg.cps and mode == "diffuspec"
+        paths = self._draft_paths if search else 1
         if cfg.draft_length is not None:
-            return FixedLength(cfg.draft_length, search)
+            return FixedLength(cfg.draft_length, search, paths)
         if cfg.length_policy == "adl":
-            return ADLPolicy(k_min=cfg.k_min, k_max=cfg.k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search)
+            return ADLPolicy(k_min=cfg.k_min, k_max=cfg.k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search,
+                             paths=paths)
         return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=cfg.k_max, search=search,
-                               adaptive_search=sampling.greedy)
+                               adaptive_search=sampling.greedy, max_paths=paths)
 
     def _proposer(self, mode: str, prompt_ids: list[int], sampling: SamplingParams,
                   generator: torch.Generator | None) -> Proposer:

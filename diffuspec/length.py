@@ -18,6 +18,12 @@ and a step costs T(k) = draft(k) + search(k) + verify(k + 1) + other, each measu
 the drafter's argmax path (whose acceptance is known for free from every verification: see
 ``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
 where each verified token costs time.
+
+With ``draft_paths`` N > 1 (``tree.py``) the policy also chooses between one CPS path and a tree of N: the tree's
+acceptance is followed per depth like a path's, a step over it costs verify(T + 1) with T its size (tree
+tokens per draft token followed as an EMA), and the single path's acceptance is read off every tree step for
+free (the committed tokens are the target's, whichever branch carried them). The larger rate wins; the tree is
+probed now and then while it loses, so its estimate stays current.
 """
 
 from __future__ import annotations
@@ -173,6 +179,7 @@ class MachineCosts:
 class LengthChoice:
     k: int
     search: bool  # run path search this step (else the argmax path)
+    paths: int = 1  # CPS paths to verify as one tree (1: a single path)
     predicted_tokens: float = math.nan  # E(k) under the policy's model; NaN when it makes none
 
 
@@ -186,6 +193,8 @@ class StepFeedback:
     argmax_match: int | None = None  # counterfactual acceptance of the argmax path (greedy, when searched)
     draft_seconds: float = 0.0
     search_seconds: float = 0.0
+    tree_size: int = 0  # tokens in the verified tree; 0: a single path
+    best_path_match: int | None = None  # on a tree step, how much of the best path alone was accepted
 
 
 class LengthPolicy:
@@ -199,21 +208,21 @@ class LengthPolicy:
 
 
 class FixedLength(LengthPolicy):
-    def __init__(self, k: int, search: bool) -> None:
-        self.k, self.search = k, search
+    def __init__(self, k: int, search: bool, paths: int = 1) -> None:
+        self.k, self.search, self.paths = k, search, paths
 
     def choose(self, room: int) -> LengthChoice:
-        return LengthChoice(min(self.k, room), self.search)
+        return LengthChoice(min(self.k, room), self.search, self.paths)
 
 
 class ADLPolicy(LengthPolicy):
-    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool) -> None:
+    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool, paths: int = 1) -> None:
         self.state = ADLState(k=k_max)
         self.params = dict(k_min=k_min, k_max=k_max, delta=delta, rho=rho)
-        self.search = search
+        self.search, self.paths = search, paths
 
     def choose(self, room: int) -> LengthChoice:
-        return LengthChoice(min(self.state.k, room), self.search)
+        return LengthChoice(min(self.state.k, room), self.search, self.paths)
 
     def observe(self, feedback: StepFeedback) -> None:
         if feedback.drafted:
@@ -225,22 +234,28 @@ class CostAwarePolicy(LengthPolicy):
 
     ``search`` is the configured path search (CPS on or off); ``adaptive_search`` lets the policy switch it off
     while the argmax path earns more per second (only under greedy decoding, where the argmax path's acceptance
-    can be read off every verification).
+    can be read off every verification). ``max_paths`` > 1 lets it verify a tree of that many CPS paths
+    when that earns more per second (module docstring).
     """
 
     def __init__(self, costs: MachineCosts, kind: str, *, k_min: int, k_max: int, search: bool,
-                 adaptive_search: bool, probe_every: int = 8) -> None:
+                 adaptive_search: bool, probe_every: int = 8, max_paths: int = 1) -> None:
         self.costs, self.k_min, self.k_max = costs, k_min, k_max
         self.draft_cost, self.search_cost = costs.drafting(kind)
         self.search_on = search
         self.adaptive = search and adaptive_search
         self.searched = AcceptanceEstimate(k_max)
         self.argmax = AcceptanceEstimate(k_max)
+        self.max_paths = max_paths if search else 1
+        self.tree = AcceptanceEstimate(k_max)
+        self.tree_tokens_per_depth = float(self.max_paths)  # EMA of tree size / depth; starts at the worst case
         self.probe_every, self.steps = probe_every, 0
 
-    def _plan(self, alphas: Sequence[float], search: bool, k_max: int) -> tuple[int, float, float]:
-        verify = self.costs.verify.table(k_max + 1)
-        seconds = [a + b + c for a, b, c in zip(self.draft_cost.table(k_max), verify[1:], self.costs.other.table(k_max))]
+    def _plan(self, alphas: Sequence[float], search: bool, k_max: int,
+              tokens_per_depth: float = 1.0) -> tuple[int, float, float]:
+        verify = self.costs.verify.table(math.ceil(tokens_per_depth * k_max) + 1)
+        verified = [verify[round(tokens_per_depth * k) + 1] for k in range(k_max + 1)]
+        seconds = [a + b + c for a, b, c in zip(self.draft_cost.table(k_max), verified, self.costs.other.table(k_max))]
         if search:
             seconds = [t + s for t, s in zip(seconds, self.search_cost.table(k_max))]
         k, tokens = best_draft_length(alphas, seconds, min(self.k_min, k_max), k_max)
@@ -250,24 +265,37 @@ class CostAwarePolicy(LengthPolicy):
         self.steps += 1
         k_max = min(self.k_max, room)
         if self.steps == 1 or not self.costs.verify.points:  # explore: one full-length draft first
-            return LengthChoice(k_max, self.search_on)
+            return LengthChoice(k_max, self.search_on, self.max_paths)
         plans = {False: self._plan(self.argmax.alphas(), False, k_max)}
         if self.search_on:
             plans[True] = self._plan(self.searched.alphas(), True, k_max)
         search = self.search_on
         if self.adaptive:
             search = plans[True][2] >= plans[False][2] or self.steps % self.probe_every == 0
-        k, tokens, _ = plans[search]
-        return LengthChoice(k, search, tokens)
+        k, tokens, rate = plans[search]
+        if search and self.max_paths > 1:
+            tree_k, tree_tokens, tree_rate = self._plan(self.tree.alphas(), True, k_max, self.tree_tokens_per_depth)
+            # the single path's acceptance is learnt on tree steps too, so only the tree needs probing
+            if tree_rate >= rate or self.steps % self.probe_every == 1:
+                return LengthChoice(tree_k, True, self.max_paths, tree_tokens)
+        return LengthChoice(k, search, 1, tokens)
 
     def observe(self, feedback: StepFeedback) -> None:
         d, a = feedback.drafted, feedback.accepted
         if d == 0:
             return
         self.draft_cost.observe(d, feedback.draft_seconds)
+        if feedback.tree_size:
+            self.tree.observe(a, min(a + 1, d))
+            share = 0.2  # the tree-size EMA's weight of a new step
+            self.tree_tokens_per_depth += share * (feedback.tree_size / d - self.tree_tokens_per_depth)
         if feedback.search_seconds:
             self.search_cost.observe(d, feedback.search_seconds)
-            self.searched.observe(a, min(a + 1, d))
+            if feedback.best_path_match is None:
+                self.searched.observe(a, min(a + 1, d))
+            else:  # censored like the argmax path's (argmax_match)
+                best = feedback.best_path_match
+                self.searched.observe(best, min(best + 1, d, a + 1))
             if feedback.argmax_match is not None:
                 self.argmax.observe(feedback.argmax_match, min(feedback.argmax_match + 1, d, a + 1))
         else:

@@ -1,7 +1,8 @@
 """The speculative loop: propose, verify, commit, report. One short step for every mode and proposer.
 
 The target's KV cache holds every committed token but the last, which is fed first in the next verification
-pass together with the draft; the rejected tail is rolled back. Committed ids live in one preallocated buffer
+pass together with the draft; the rejected tail is rolled back (a proposal that carries a token tree is verified
+and compacted by ``tree.py`` instead). Committed ids live in one preallocated buffer
 (no concatenation per step); the only host synchronisation per step is the acceptance decision.
 """
 
@@ -16,6 +17,7 @@ from .caches import new_cache, rollback
 from .events import Emitter, StepEvent
 from .length import MachineCosts
 from .proposers import Outcome, Proposer
+from .tree import verify_tree
 from .verification import SamplingParams, greedy_accept, gumbel_accept, position_gumbel, sample_accept
 
 CALIBRATION_SIZES = (1, 2, 3, 5, 9, 17, 33)  # verified tokens timed once per engine (the cost curve's knots)
@@ -66,29 +68,35 @@ def speculative_decode(
     while True:
         t0 = clock()
         proposal = proposer.propose(ids[:n], emitter.room - 1)
-        draft = proposal.tokens
-        d = draft.numel()
+        draft, tree, rank = proposal.tokens, proposal.tree, 0
+        d = verified = draft.numel()
         t1 = clock()
-        logits = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]))
-        if sampling.greedy:
-            accepted, next_token = greedy_accept(draft, logits)
-        elif proposal.probs is None:  # a deterministic draft: Gumbel-max verification (verification.py)
-            noise = position_gumbel(seed, emitter.generated, d + 1, logits.shape[-1], device)
-            accepted, next_token = gumbel_accept(draft, sampling.probs(logits), noise)
+        if tree is not None:  # several paths in one pass (tree.py)
+            verdict = verify_tree(target, cache, ids[n - 1 : n], tree, sampling, seed, emitter.generated)
+            draft, next_token, rank = tree.tokens[verdict.accepted_nodes], verdict.next_token, verdict.rank
+            accepted, d = draft.numel(), tree.depth
         else:
-            accepted, next_token = sample_accept(draft, proposal.probs, sampling.probs(logits), generator)
-        rollback(cache, d - accepted)
+            logits = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]))
+            if sampling.greedy:
+                accepted, next_token = greedy_accept(draft, logits)
+            elif proposal.probs is None:  # a deterministic draft: Gumbel-max verification (verification.py)
+                noise = position_gumbel(seed, emitter.generated, d + 1, logits.shape[-1], device)
+                accepted, next_token = gumbel_accept(draft, sampling.probs(logits), noise)
+            else:
+                accepted, next_token = sample_accept(draft, proposal.probs, sampling.probs(logits), generator)
+            rollback(cache, d - accepted)
         t2 = clock()
 
         tokens, finish = emitter.commit([*draft[:accepted].tolist(), next_token])
         ids[n : n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         n += len(tokens)
-        proposer.observe(Outcome(accepted, next_token, tokens))
-        costs.verify.observe(d + 1, t2 - t1)
+        proposer.observe(Outcome(accepted, next_token, tokens, rank))
+        costs.verify.observe(verified + 1, t2 - t1)
         stats.seconds["draft"] += proposal.draft_seconds
         stats.seconds["path_search"] += proposal.search_seconds
         stats.seconds["verify"] += t2 - t1
-        stats.step(d, accepted, len(tokens), drafter_forwards=proposal.forwards, predicted=proposal.predicted_tokens)
+        stats.step(d, accepted, len(tokens), drafter_forwards=proposal.forwards, predicted=proposal.predicted_tokens,
+                   accepted_rank=rank, tree_size=verified)
         t3 = clock()
         stats.seconds["other"] += (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2)
         costs.other.observe(d, (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2))

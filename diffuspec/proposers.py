@@ -19,17 +19,19 @@ import torch
 from .drafters import Drafter
 from .length import LengthPolicy, StepFeedback, argmax_match, generated_length
 from .path_search import NGramProxy, PathSearch
+from .tree import TokenTree, build_tree
 from .verification import SamplingParams
 
 
 @dataclass(frozen=True)
 class Proposal:
-    tokens: torch.Tensor  # [d] draft tokens, on the target's device
+    tokens: torch.Tensor  # [d] draft tokens, on the target's device (a tree's nodes when ``tree`` is set)
     probs: torch.Tensor | None = None  # [d, V] the distributions ``tokens`` were sampled from; None: deterministic
     forwards: int = 0  # drafter forward passes spent
     draft_seconds: float = 0.0
     search_seconds: float = 0.0
     predicted_tokens: float = math.nan  # tokens the length policy expects this step to commit
+    tree: TokenTree | None = None  # several paths to verify as one token tree (tree.py); None: a single path
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Outcome:
     accepted: int  # draft tokens kept
     next_token: int  # the target's own token after them
     committed: Sequence[int]  # every token committed this step (the accepted prefix, then next_token; EOS-cut)
+    rank: int = 0  # a tree's accepted branch is a prefix of path ``rank`` (best first)
 
 
 class Proposer(ABC):
@@ -93,7 +96,8 @@ class DraftProposer(Proposer):
         self.proxy.reset()
         self.proxy.extend(self.history)
         self.drafter.reset()
-        self._last: tuple[list[int], list[int], int, float, float] | None = None  # path, argmax, L_gen, seconds
+        # paths, their tree (None: one path), argmax, L_gen, seconds of drafting and search
+        self._last: tuple[list[list[int]], TokenTree | None, list[int] | None, int, float, float] | None = None
 
     def propose(self, context: torch.Tensor, room: int) -> Proposal:
         choice = self.policy.choose(room)
@@ -103,38 +107,51 @@ class DraftProposer(Proposer):
         t0 = self.clock()
         draft = self.drafter.propose(context, choice.k, self.draft_sampling, self.generator)
         t1 = self.clock()
-        probs, argmax = None, None
+        probs, argmax, tree = None, None, None
         if draft.logprobs is None:  # a finished draft
             tokens, probs = draft.tokens[: choice.k], draft.probs
-            path = tokens.tolist()
-            raw = path
+            paths = [tokens.tolist()]
+            raw = paths[0]
         else:
             logprobs = _fit_vocab(draft.logprobs[: choice.k], self.vocab_size, float("-inf"))
             if self.draft_sampling is not None:
                 probs = self.draft_sampling.probs(logprobs)
                 tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-                path = raw = tokens.tolist()
+                paths = [tokens.tolist()]
+                raw = paths[0]
             else:
                 argmax = logprobs.argmax(dim=-1).tolist()
                 raw = argmax
-                path = self.path_search(logprobs, self.history, self.proxy, self.eos) if choice.search else argmax
-                tokens = torch.tensor(path, dtype=torch.long, device=context.device)
+                paths = (self.path_search.paths(logprobs, self.history, self.proxy, self.eos, choice.paths)
+                         if choice.search else [argmax])
+                if len(paths) > 1:
+                    tree = build_tree(paths, context.device)
+                    tokens = tree.tokens
+                else:
+                    tokens = torch.tensor(paths[0], dtype=torch.long, device=context.device)
         if probs is not None:
             probs = _fit_vocab(probs[: tokens.numel()], self.vocab_size, 0.0)
         t2 = self.clock()
         searched = choice.search and argmax is not None
-        self._last = (path, argmax if searched else None, generated_length(raw, choice.k, self.eos),
+        self._last = (paths, tree, argmax if searched else None, generated_length(raw, choice.k, self.eos),
                       t1 - t0, t2 - t1 if searched else 0.0)
-        return Proposal(tokens, probs, draft.forwards, t1 - t0, t2 - t1, choice.predicted_tokens)
+        return Proposal(tokens, probs, draft.forwards, t1 - t0, t2 - t1, choice.predicted_tokens, tree)
 
     def observe(self, outcome: Outcome) -> None:
         self.history += outcome.committed
         self.proxy.extend(outcome.committed)
         if self._last is None:
             return
-        path, argmax, generated, draft_s, search_s = self._last
-        match = argmax_match(argmax, path, outcome.accepted, outcome.next_token) if argmax is not None else None
-        self.policy.observe(StepFeedback(len(path), outcome.accepted, generated, match, draft_s, search_s))
+        paths, tree, argmax, generated, draft_s, search_s = self._last
+        # what the target's tokens say of other paths, read off the one that carried the accepted branch
+        verified, a, token = paths[outcome.rank], outcome.accepted, outcome.next_token
+        match = argmax_match(argmax, verified, a, token) if argmax is not None else None
+        if tree is None:
+            feedback = StepFeedback(len(verified), a, generated, match, draft_s, search_s)
+        else:
+            feedback = StepFeedback(tree.depth, a, generated, match, draft_s, search_s, tree.size,
+                                    argmax_match(paths[0], verified, a, token))
+        self.policy.observe(feedback)
 
     def close(self) -> None:
         self.drafter.reset()

@@ -41,6 +41,11 @@ class DecodingStats:
     draft_lengths: tuple[int, ...] = ()
     accepted_lengths: tuple[int, ...] = ()
     predicted_tokens: tuple[float, ...] = ()
+    # Multi-path verification, per step: the rank of the best path through the accepted branch (0: the best
+    # path, or nothing accepted) and the tokens verified besides the root (the tree size; the draft length for
+    # a single path).
+    accepted_ranks: tuple[int, ...] = ()
+    tree_sizes: tuple[int, ...] = ()
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     wall_seconds: float = 0.0
 
@@ -85,7 +90,8 @@ class DecodingStats:
 
 
 _SUMMED = ("steps", "target_forwards", "drafter_forwards", "new_tokens", "drafted_tokens", "accepted_tokens",
-           "denoising_steps", "draft_lengths", "accepted_lengths", "predicted_tokens", "wall_seconds")
+           "denoising_steps", "draft_lengths", "accepted_lengths", "predicted_tokens", "accepted_ranks", "tree_sizes",
+           "wall_seconds")
 
 
 class StatsRecorder:
@@ -97,11 +103,14 @@ class StatsRecorder:
         self.draft_lengths: list[int] = []
         self.accepted_lengths: list[int] = []
         self.predicted_tokens: list[float] = []
+        self.accepted_ranks: list[int] = []
+        self.tree_sizes: list[int] = []
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.wall_seconds = 0.0
 
     def step(self, drafted: int, accepted: int, new_tokens: int, *, target_forwards: int = 1,
-             drafter_forwards: int = 0, denoising_steps: int = 0, predicted: float = float("nan")) -> None:
+             drafter_forwards: int = 0, denoising_steps: int = 0, predicted: float = float("nan"),
+             accepted_rank: int = 0, tree_size: int | None = None) -> None:
         c = self.counts
         c["steps"] += 1
         c["target_forwards"] += target_forwards
@@ -113,11 +122,14 @@ class StatsRecorder:
         self.draft_lengths.append(drafted)
         self.accepted_lengths.append(accepted)
         self.predicted_tokens.append(predicted)
+        self.accepted_ranks.append(accepted_rank)
+        self.tree_sizes.append(drafted if tree_size is None else tree_size)
 
     def snapshot(self) -> DecodingStats:
         return DecodingStats(
             **self.counts, draft_lengths=tuple(self.draft_lengths), accepted_lengths=tuple(self.accepted_lengths),
-            predicted_tokens=tuple(self.predicted_tokens), seconds=dict(self.seconds), wall_seconds=self.wall_seconds,
+            predicted_tokens=tuple(self.predicted_tokens), accepted_ranks=tuple(self.accepted_ranks),
+            tree_sizes=tuple(self.tree_sizes), seconds=dict(self.seconds), wall_seconds=self.wall_seconds,
         )
 
 def repeated_ngram_share(token_ids: list[int], n: int = 4) -> float:

@@ -1,0 +1,165 @@
+"""Multi-path verification: several drafted paths merged into a token tree and verified in one target pass.
+
+CPS keeps B beams and proposes only the best. Here its N best paths are merged into a prefix tree (shared
+prefixes once), the target reads [last committed token, *tree nodes] in one forward with a tree attention mask
+(each node sees the cached context, the root and its own ancestors) and tree position ids (context length +
+depth), and the accepted path is walked from the root: at each depth, the child whose token is the target's
+token there. The target's token is a function of the committed prefix only (the argmax of its logits, or under
+sampling of log p + Gumbel noise that depends on the seed and the absolute output position:
+``verification.py``), and a node's row sees exactly that prefix, so the walk commits what one-token-at-a-time
+decoding would: a tree changes how many tokens a pass commits, never which. Afterwards the cache keeps the
+context, the root and the accepted nodes, in order; the other branches are dropped.
+
+Supported targets: every cache layer a plain full-attention ``DynamicLayer`` and attention "eager" or "sdpa"
+(both take a custom 4D additive mask as-is in transformers 5.23). A sliding-window layer keeps only its last
+W - 1 positions and the model builds its windowed mask itself per layer type, so a tree over it would need a
+per-layer mask and a window-aware compaction; such targets (and flash attention, which takes no 4D mask) fall
+back to single-path verification (``supports_tree``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from .caches import rollback
+from .verification import SamplingParams, position_gumbel
+
+TREE_ATTENTION = ("eager", "sdpa")  # implementations that use a 4D additive mask as given
+
+
+@dataclass(frozen=True)
+class TokenTree:
+    """Draft paths merged into a prefix tree. Node i (0-based, parents before children) holds ``tokens[i]``;
+    ``parents[i]`` is its parent node (-1: the root, the last committed token), ``depths[i]`` its 1-based depth,
+    ``ranks[i]`` the index of the best path through it."""
+
+    tokens: torch.Tensor  # [T]
+    parents: tuple[int, ...]
+    depths: tuple[int, ...]
+    ranks: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    @property
+    def depth(self) -> int:
+        return max(self.depths, default=0)
+
+    def branch(self, node: int) -> list[int]:
+        """The nodes from the root's child down to ``node`` (empty for the root, -1)."""
+        nodes = []
+        while node >= 0:
+            nodes.append(node)
+            node = self.parents[node]
+        return nodes[::-1]
+
+
+def build_tree(paths: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> TokenTree:
+    """Merge ``paths`` (best first) into a prefix tree; nodes are numbered in order of first appearance, so
+    the best path is nodes 0..len-1 (a tree of one path is that path)."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    ranks: list[int] = []
+    child: dict[tuple[int, int], int] = {}
+    for rank, path in enumerate(paths):
+        node = -1
+        for depth, token in enumerate(path, start=1):
+            key = (node, int(token))
+            if key not in child:
+                child[key] = len(tokens)
+                tokens.append(int(token))
+                parents.append(node)
+                depths.append(depth)
+                ranks.append(rank)
+            node = child[key]
+    return TokenTree(torch.tensor(tokens, dtype=torch.long, device=device), tuple(parents), tuple(depths),
+                     tuple(ranks))
+
+
+def tree_attention(tree: TokenTree, past_length: int, dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive mask [1, 1, T + 1, past + T + 1] (0: attend, dtype min: not) and position ids [1, T + 1]
+    for the feed [root, *nodes] after ``past_length`` cached positions."""
+    size = tree.size + 1
+    sees = torch.zeros(size, size, dtype=torch.bool)
+    sees[:, 0] = True  # every row sees the root
+    for i, parent in enumerate(tree.parents, start=1):
+        sees[i] = sees[parent + 1]
+        sees[i, i] = True
+    sees = torch.cat([torch.ones(size, past_length, dtype=torch.bool), sees], dim=1).to(device)
+    mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, torch.finfo(dtype).min)
+    positions = past_length + torch.tensor((0, *tree.depths), dtype=torch.long, device=device)
+    return mask[None, None], positions[None]
+
+
+def walk(tree: TokenTree, choices: Sequence[int]) -> tuple[list[int], int]:
+    """Follow the target: ``choices[r]`` is the target's token after feed row r (row 0 the root, row i + 1
+    node i). Returns the accepted nodes, root to leaf, and the target's own token after them."""
+    children: dict[tuple[int, int], int] = {}
+    for i, (parent, token) in enumerate(zip(tree.parents, tree.tokens.tolist())):
+        children[(parent, token)] = i
+    accepted, node = [], -1
+    while (node, choices[node + 1]) in children:
+        node = children[(node, choices[node + 1])]
+        accepted.append(node)
+    return accepted, choices[node + 1]
+
+
+def compact_cache(cache: DynamicCache, past_length: int, accepted: Sequence[int]) -> None:
+    """Keep the first ``past_length`` positions, the root and the accepted nodes (in order); drop the rest."""
+    if list(accepted) == list(range(len(accepted))):  # the first path's prefix: a plain crop
+        rollback(cache, cache.get_seq_length() - (past_length + 1 + len(accepted)))
+        return
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        index = torch.tensor([*range(past_length + 1), *(past_length + 1 + i for i in accepted)],
+                             device=layer.keys.device)
+        layer.keys = layer.keys.index_select(-2, index)
+        layer.values = layer.values.index_select(-2, index)
+
+
+def supports_tree(model: PreTrainedModel, cache: DynamicCache) -> bool:
+    """Whether ``model`` can verify a tree into ``cache`` (module docstring: otherwise single path)."""
+    attention = getattr(model.config, "_attn_implementation", None)
+    return attention in TREE_ATTENTION and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+@dataclass(frozen=True)
+class TreeVerdict:
+    accepted_nodes: list[int]  # root to leaf
+    next_token: int  # the target's own token after them
+    rank: int  # the best path through the deepest accepted node (0 when none was accepted)
+
+
+def verify_tree(
+    target: PreTrainedModel,
+    cache: DynamicCache,
+    last: torch.Tensor,
+    tree: TokenTree,
+    sampling: SamplingParams,
+    seed: int,
+    generated: int,
+) -> TreeVerdict:
+    """One target forward over [last, *tree], the acceptance walk (greedy, or Gumbel-max under sampling with
+    noise by absolute output position ``generated + depth``), and the cache compacted to the accepted path."""
+    past = cache.get_seq_length()
+    mask, positions = tree_attention(tree, past, target.dtype, last.device)
+    feed = torch.cat([last, tree.tokens])
+    logits = target(input_ids=feed[None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True).logits[0]
+    if sampling.greedy:
+        scores = logits
+    else:
+        noise = position_gumbel(seed, generated, tree.depth + 1, logits.shape[-1], logits.device)
+        scores = sampling.probs(logits).log() + noise[positions[0] - past]
+    accepted, next_token = walk(tree, scores.argmax(dim=-1).tolist())
+    compact_cache(cache, past, accepted)
+    return TreeVerdict(accepted, next_token, tree.ranks[accepted[-1]] if accepted else 0)
