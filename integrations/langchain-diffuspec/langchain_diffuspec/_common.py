@@ -7,12 +7,13 @@ import uuid
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any
 
-from diffuspec.integration import call_params, check_model_arguments, display_name, engine_arguments
-from diffuspec.params import GenerationParams
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
 from langchain_core.runnables import RunnableConfig, ensure_config
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 from pydantic.functional_validators import PlainValidator
+
+from diffuspec.integration import call_params, check_model_arguments, display_name, engine_arguments
+from diffuspec.params import GenerationParams
 
 if TYPE_CHECKING:
     from diffuspec import DecodingStats, DiffuSpec, StepEvent

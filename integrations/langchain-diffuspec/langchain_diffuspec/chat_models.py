@@ -6,10 +6,6 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from diffuspec.chat import TOOL_CALL_OPEN, canonical_role, format_chat, visible_text, with_system_line
-from diffuspec.integration import CALL_ARGUMENTS, refuse_unknown
-from diffuspec.params import GenerationParams
-from diffuspec.stopping import safe_length
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -25,6 +21,11 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
+
+from diffuspec.chat import TOOL_CALL_OPEN, canonical_role, format_chat, visible_text, with_system_line
+from diffuspec.integration import CALL_ARGUMENTS, refuse_unknown
+from diffuspec.params import GenerationParams
+from diffuspec.stopping import safe_length
 
 from ._common import EngineFields, StepEvents, final_info, step_info, usage
 from .structured_output import response_format_line, structured_output

@@ -9,13 +9,14 @@ import json
 from operator import itemgetter
 from typing import Any
 
-from diffuspec.config import DiffuSpecError
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.json import parse_json_markdown
 from pydantic import BaseModel, ValidationError
+
+from diffuspec.config import DiffuSpecError
 
 METHODS = ("function_calling", "json_schema", "json_mode")
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.llms.diffuspec import DiffuSpecLLM, DiffuSpecStepEvent
@@ -19,7 +20,7 @@ PROMPT = "def read_lines(path):\n"
 
 
 class StepCollector(BaseEventHandler):
-    events: list = []
+    events: list = Field(default_factory=list)
 
     @classmethod
     def class_name(cls) -> str:
@@ -49,8 +50,9 @@ def test_metadata_is_honest_without_loading_weights():
     meta = fresh.metadata
     assert meta.context_window == 512  # the demo target's window, read from its config
     assert meta.num_output == 128  # the default answer length: a quarter of the window
-    assert not meta.is_chat_model  # the demo tokenizer has no chat template: LlamaIndex sends completions
     assert fresh._loaded is None
+    # A chat model when the tokenizer has a chat template; without one LlamaIndex sends completions.
+    assert meta.is_chat_model == bool(fresh.get_engine().tokenizer.chat_template)
     tuned = DiffuSpecLLM(max_new_tokens=64, context_window=400, is_chat_model=True).metadata
     assert (tuned.context_window, tuned.num_output, tuned.is_chat_model) == (400, 64, True)
     assert DiffuSpecLLM(num_output=32).metadata.num_output == 32
@@ -90,11 +92,11 @@ def test_every_llamaindex_role_is_mapped(llm):
     roles = [MessageRole.DEVELOPER, MessageRole.USER, MessageRole.CHATBOT, MessageRole.USER, MessageRole.MODEL,
              MessageRole.FUNCTION, MessageRole.TOOL]
     messages = [ChatMessage(role=role, content=f"m{i}") for i, role in enumerate(roles)]
-    response = llm.chat(messages, max_new_tokens=4)
-    text = llm.get_engine().tokenizer.decode(llm._chat_ids(messages))
-    assert text.startswith("### System:\nm0\n\n### User:\nm1\n\n### Assistant:\nm2")
-    assert "### Assistant:\nm4\n\n### Tool:\nm5\n\n### Tool:\nm6" in text
-    assert response.message.content
+    canonical = ["system", "user", "assistant", "user", "assistant", "tool", "tool"]
+    tokenizer = llm.get_engine().tokenizer
+    expected = format_chat(tokenizer, [{"role": r, "content": f"m{i}"} for i, r in enumerate(canonical)])
+    assert llm._chat_ids(messages) == expected
+    assert llm.chat(messages, max_new_tokens=4).message.content == llm.get_engine().generate(expected, 4).text
 
 
 def test_astream_chat_step_events_carry_the_span_id(llm, collector):

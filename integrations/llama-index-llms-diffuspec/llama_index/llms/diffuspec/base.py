@@ -6,9 +6,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
-from diffuspec.chat import format_chat
-from diffuspec.integration import call_params, check_model_arguments, display_name, engine_arguments
-from diffuspec.params import GenerationParams
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -28,6 +25,10 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from pydantic import AliasChoices
 from pydantic.functional_validators import PlainValidator
+
+from diffuspec.chat import format_chat
+from diffuspec.integration import call_params, check_model_arguments, display_name, engine_arguments
+from diffuspec.params import GenerationParams
 
 if TYPE_CHECKING:
     from diffuspec import DiffuSpec, StepEvent
@@ -127,9 +128,10 @@ class DiffuSpecLLM(CustomLLM):
         if engine is not None:
             return engine.context_window, bool(getattr(engine.tokenizer, "chat_template", None))
         if self._model_facts is None:
+            from transformers import AutoConfig, AutoTokenizer
+
             from diffuspec.engine import context_window
             from diffuspec.loading import embedded_paths
-            from transformers import AutoConfig, AutoTokenizer
 
             path = self.target or embedded_paths()["target"]
             remote_code = self._engine_arguments().get("trust_remote_code", False)
@@ -175,8 +177,8 @@ class DiffuSpecLLM(CustomLLM):
         return format_chat(self.get_engine().tokenizer, dicts)
 
     def _base_params(self, **changes: Any) -> GenerationParams:
-        fields = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                      top_p=self.top_p, stop=self.stop, seed=self.seed, mode=self.mode)
+        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
+                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed, "mode": self.mode}
         return GenerationParams(**{**fields, **changes})
 
     def _params(self, kwargs: dict[str, Any]) -> GenerationParams:
