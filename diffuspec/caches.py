@@ -1,13 +1,24 @@
 """KV caches that can roll back: speculative decoding appends a drafted block, then drops the rejected tail.
 
-A sliding-window layer of a ``DynamicCache`` keeps only its last W positions, so dropping tokens after the
-window has moved needs the positions it evicted: ``activate_past_recording`` keeps them (as transformers'
-own assisted generation does), and ``crop`` then restores an exact window.
+One ``DynamicCache`` built from the model's config holds whatever layers the model has in transformers 5.23:
+full attention, sliding-window and chunked attention (Mistral, Qwen2, Gemma 2/3/4, gpt-oss), KV-shared and
+MLP-only placeholders (Gemma 4, MoE), and convolution states (LFM2). A sliding-window layer keeps only its
+last W - 1 positions, and a convolution layer its last kernel-size inputs, so dropping tokens after they have
+moved on needs the positions they evicted: ``activate_past_recording`` keeps everything fed since the last
+``crop`` (as transformers' own assisted generation does), and ``crop`` restores an exact window and trims the
+record. Hence the one rule every caller keeps: **a rollback drops at most the tokens fed since the previous
+rollback** (``rollback(cache, 0)`` trims without dropping).
+
+A recurrent state (Mamba, gated delta-net and other linear-attention layers) folds every token into one
+tensor and cannot forget the last few, so such models are refused up front (``check_rollback``).
 """
 
 from __future__ import annotations
 
+import torch
 from transformers import DynamicCache, PreTrainedModel
+
+from .config import DiffuSpecError
 
 
 def new_cache(model: PreTrainedModel) -> DynamicCache:
@@ -18,5 +29,33 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
 
 
 def rollback(cache: DynamicCache, drop: int) -> None:
-    """Forget the last ``drop`` positions (0: nothing; sliding layers still trim what they recorded)."""
+    """Forget the last ``drop`` positions (0: nothing; sliding and convolution layers still trim what they
+    recorded). Exact when ``drop`` is at most the tokens fed since the previous rollback."""
     cache.crop(-drop)
+
+
+def check_rollback(model: PreTrainedModel, role: str) -> None:
+    """Refuse a model whose cache cannot drop tokens, naming the fix."""
+    supports_dynamic = getattr(model, "_supports_default_dynamic_cache", lambda: True)()
+    if getattr(model, "_is_stateful", False) or not supports_dynamic:
+        raise DiffuSpecError(
+            f"the {role} ({type(model).__name__}) keeps a recurrent state (Mamba / linear attention) or a cache of "
+            "its own, which cannot forget rejected draft tokens: speculative decoding needs a Transformer whose "
+            f"KV cache can roll back. Use an attention-based {role}, or plain `model.generate` for this model."
+        )
+
+
+def accepts_cache(model: PreTrainedModel) -> bool:
+    """Whether ``model`` fills a ``DynamicCache`` passed to its forward. transformers' own models do; remote code
+    may not: LLaDA asserts that no cache is passed, and other code may ignore one. Probed with one two-token
+    forward, so a drafter's prefix cache is switched off only where it cannot work."""
+    if type(model).__module__.startswith("transformers."):
+        return True
+    cache = new_cache(model)
+    probe = torch.zeros(1, 2, dtype=torch.long, device=model.device)
+    try:
+        with torch.inference_mode():
+            model(input_ids=probe, past_key_values=cache, use_cache=True)
+    except Exception:  # whatever remote code does with a cache it cannot take (LLaDA: AssertionError)
+        return False
+    return cache.get_seq_length() == probe.shape[1]

@@ -18,7 +18,6 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .caches import new_cache, rollback
-
 from .verification import SamplingParams
 
 
@@ -82,7 +81,8 @@ class CachedPrefixModel:
             m = min(self.cached_ids.numel(), context.numel() + extra.numel() - logits_needed)
             differs = (self.cached_ids[:m] != context[:m]).nonzero()
             reuse = int(differs[0]) if differs.numel() else m
-            rollback(self.cache, self.cache.get_seq_length() - reuse)
+            if reuse < self.cached_ids.numel():  # no trimming otherwise: a later truncate may need the record
+                rollback(self.cache, self.cached_ids.numel() - reuse)
         elif self.use_cache:
             self.cache = new_cache(self.model)
         feed = torch.cat([context[reuse:], extra]).unsqueeze(0)
@@ -97,6 +97,12 @@ class CachedPrefixModel:
             if not keep_extra:
                 rollback(self.cache, extra.numel())
         return out.logits[0, -logits_needed:]
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` cached ids only (exact: what is dropped was fed since the last rollback)."""
+        if self.cache is not None:
+            rollback(self.cache, self.cached_ids.numel() - length)
+            self.cached_ids = self.cached_ids[:length]
 
 
 class MaskedDiffusionDrafter(Drafter):
@@ -159,7 +165,9 @@ class MaskedDiffusionDrafter(Drafter):
 
 
 class ARDrafter(Drafter):
-    """A small autoregressive draft model (classic speculative decoding), with an exact KV cache."""
+    """A small autoregressive draft model (classic speculative decoding), with an exact KV cache. Between
+    proposals the cache holds committed tokens only, so a rejected tail is dropped within the rollback rule
+    (``caches``) even by sliding-window layers."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         self._model = CachedPrefixModel(model)
@@ -170,6 +178,7 @@ class ARDrafter(Drafter):
     @torch.inference_mode()
     def propose(self, context, k, sampling=None, generator=None) -> Draft:
         tokens, probs = [], []
+        committed = context.numel()
         extra = context[:0]
         for _ in range(k):
             logits = self._model.forward(context, extra, logits_needed=1, keep_extra=True)[-1]
@@ -182,6 +191,7 @@ class ARDrafter(Drafter):
                 probs.append(p)
             tokens.append(token)
             extra = token
+        self._model.truncate(committed)
         return Draft(
             tokens=torch.cat(tokens),
             probs=torch.stack(probs) if probs else None,

@@ -1,15 +1,22 @@
-"""Loading a model pair by hub id or local path, or the embedded demo pair shipped in the package."""
+"""Loading a model pair by hub id or local path, or the embedded demo pair shipped in the package: quietly, with
+one clear error for anything that goes wrong, and drafters paired with the target by their tokenizers."""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
+from .adapters.remote_code import default_rope_shim
+from .adapters.text_bridge import DrafterWithTokenizer, shares_vocabulary
 from .config import DiffuSpecError
 from .path_search import CorpusNGram
 
@@ -22,11 +29,16 @@ EMBEDDED = {role: EMBEDDED_DIR / role for role in ("target", "drafter", "ar_draf
 CPS_NGRAM_FILE = "cps_ngram.safetensors"  # a drafter directory may carry CPS's corpus n-gram table
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
 @dataclass
 class LoadedModels:
     target: PreTrainedModel
-    drafter: PreTrainedModel | None
-    ar_drafter: PreTrainedModel | None
+    drafter: PreTrainedModel | DrafterWithTokenizer | None  # with its own tokenizer when it does not share ours
+    ar_drafter: PreTrainedModel | DrafterWithTokenizer | None
     tokenizer: PreTrainedTokenizerBase
     cps_ngram: CorpusNGram | None = None
 
@@ -46,34 +58,125 @@ def embedded_paths() -> dict[str, str]:
     return {role: str(path) for role, path in EMBEDDED.items()}
 
 
-def _load_model(
-    path: str, *, device: str | None, dtype, device_map, trust_remote_code: bool
-) -> PreTrainedModel:
+def checked_device(device: str | torch.device | None) -> str:
+    """The device to load onto (default: CUDA when present), refused here if this machine has no such device."""
+    name = str(device) if device is not None else default_device()
+    try:
+        kind = torch.device(name)
+    except RuntimeError:
+        raise DiffuSpecError(f"unknown device {name!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind.type, True):
+        raise DiffuSpecError(f"device {name!r} is not available on this machine: use device='cpu'"
+                             + (" or install a CUDA build of torch" if kind.type == "cuda" else ""))
+    if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
+        raise DiffuSpecError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s), numbered from 0")
+    return name
+
+
+def _checked_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise DiffuSpecError(f"unknown dtype {dtype!r}: use 'float32', 'bfloat16', 'float16' or 'auto'")
+        return getattr(torch, dtype)
+    return dtype
+
+
+def _checked_path(path: str, role: str) -> str:
+    """A local model directory with a config and weights, or else (not path-like) a hub id left to the hub."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise DiffuSpecError(f"the {role} directory {path} has no config.json: give the folder that "
+                                 "save_pretrained wrote (config.json and weights)")
+        if not any(next(local.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+            raise DiffuSpecError(f"the {role} directory {path} has a config.json but no weights (*.safetensors or "
+                                 "*.bin): save the model there with save_pretrained, or point to where its weights are")
+        return str(local)
+    if local.exists():
+        raise DiffuSpecError(f"the {role} path {path} is a file: give the model's directory (or a hub id)")
+    if path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path:
+        raise DiffuSpecError(f"the {role} directory {path} does not exist: check the path (or give a hub id)")
+    return path
+
+
+@contextmanager
+def _loading(path: str, role: str, verbose: bool | None) -> Iterator[None]:
+    """Quiet (no "Loading weights" progress bars unless ``verbose`` or DIFFUSPEC_VERBOSE=1), with any failure of
+    transformers, the hub or safetensors turned into one DiffuSpecError naming the path and the fix."""
+    from transformers.utils import logging as hf_logging
+
+    if verbose is None:
+        verbose = os.environ.get("DIFFUSPEC_VERBOSE", "") not in ("", "0")
+    bars = hf_logging.is_progress_bar_enabled()
+    if not verbose:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    except DiffuSpecError:
+        raise
+    except Exception as error:  # hub, config, safetensors and remote-code failures all end up here
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "trust_remote_code" in str(error):
+            fix = "its code lives in the repository: pass trust_remote_code=True if you trust it"
+        elif "safetensors" in type(error).__module__ or "header" in reason.lower():
+            fix = "a weights file is damaged or truncated: download or save the model again"
+        else:
+            fix = "check that it is a complete Hugging Face model directory or a reachable hub id"
+        raise DiffuSpecError(f"could not load the {role} from {path}: {reason} ({fix})") from error
+    finally:
+        if bars and not verbose:
+            hf_logging.enable_progress_bar()
+
+
+def _model_class(config) -> type:
+    """The auto class that builds the whole model: a causal LM, DiffusionGemma's image-text-to-text head, or
+    (Dream's remote code registers nothing else) plain AutoModel."""
+    remote = getattr(config, "auto_map", None) or {}
+    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+        if type(config) in auto._model_mapping or auto.__name__ in remote:
+            return auto
+    return AutoModel
+
+
+def _load_model(path: str, role: str, *, device: str, dtype, device_map, trust_remote_code: bool,
+                verbose: bool | None) -> PreTrainedModel:
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except ValueError:  # e.g. Dream registers only AutoModel (needs trust_remote_code=True)
-        model = AutoModel.from_pretrained(path, **kwargs)
+    with _loading(path, role, verbose):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with default_rope_shim(remote_code=trust_remote_code and bool(getattr(config, "auto_map", None))):
+            model = _model_class(config).from_pretrained(path, config=config, **kwargs)
     if device_map is None:
-        model = model.to(device or default_device())
+        model = model.to(device)
     return model.eval()
 
 
-def _same_tokenizer(path: str, reference: PreTrainedTokenizerBase, role: str) -> None:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):  # no tokenizer files beside the weights: nothing to compare
-        return
-    if tokenizer.get_vocab() != reference.get_vocab():
-        raise DiffuSpecError(
-            f"the {role} at {path} uses a different tokenizer from the target ({len(tokenizer)} vs "
-            f"{len(reference)} tokens, or the same size with different ids): speculative decoding needs one "
-            f"shared vocabulary. Pick a {role} trained with the target's tokenizer."
-        )
+def _own_tokenizer(path: str, role: str, verbose: bool | None) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a model, or None where there is none: a local directory without tokenizer files
+    (AutoTokenizer would otherwise build a near-empty default one from the config)."""
+    local = Path(path).expanduser()
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    with _loading(path, f"{role}'s tokenizer", verbose):
+        return AutoTokenizer.from_pretrained(path)
+
+
+def _pair(model: PreTrainedModel, own: PreTrainedTokenizerBase | None,
+          target: PreTrainedTokenizerBase) -> PreTrainedModel | DrafterWithTokenizer:
+    """A drafter sharing the target's vocabulary works on its ids (its tokenizer's mask token recorded on its
+    config, where the engine looks); any other speaks through text. Without tokenizer files, nothing to compare."""
+    if own is None:
+        return model
+    if not shares_vocabulary(own, target):
+        return DrafterWithTokenizer(model, own)
+    if getattr(model.config, "mask_token_id", None) is None and own.mask_token_id is not None:
+        model.config.mask_token_id = own.mask_token_id
+    return model
 
 
 def load_models(
@@ -85,27 +188,34 @@ def load_models(
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
+    verbose: bool | None = None,
 ) -> LoadedModels:
     """Load target, drafter(s), the target's tokenizer and the drafter directory's CPS n-gram table if it has
-    one; check that the tokenizers agree."""
+    one. A drafter whose tokenizer does not share the target's vocabulary comes back as a
+    ``DrafterWithTokenizer`` (its drafts are translated through text). Every failure is a ``DiffuSpecError``."""
     if target is None:
         if drafter is not None or ar_drafter is not None:
             raise DiffuSpecError("a drafter was given without a target: pass target=... too")
         paths = embedded_paths()
         target, drafter, ar_drafter = paths["target"], paths["drafter"], paths["ar_drafter"]
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    roles = {"drafter": drafter, "AR drafter": ar_drafter}
-    for role, path in roles.items():
-        if path is not None:
-            _same_tokenizer(path, tokenizer, role)
-    device = str(device) if device is not None else None
-    load = dict(device=device, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    paths = {role: _checked_path(path, role) for role, path in
+             (("target", target), ("drafter", drafter), ("AR drafter", ar_drafter)) if path is not None}
+    load = dict(device=checked_device(device) if device_map is None else None, dtype=_checked_dtype(dtype),
+                device_map=device_map, trust_remote_code=trust_remote_code, verbose=verbose)
+    tokenizer = _own_tokenizer(paths["target"], "target", verbose)
+    if tokenizer is None:
+        raise DiffuSpecError(f"the target directory {target} has no tokenizer files: save the target's tokenizer "
+                             "beside it (tokenizer.save_pretrained)")
+    target_model = _load_model(paths["target"], "target", **load)
+    drafters = {role: _pair(_load_model(path, role, **load), _own_tokenizer(path, role, verbose), tokenizer)
+                for role, path in paths.items() if role != "target"}
+    drafter_model = drafters.get("drafter")
     return LoadedModels(
-        target=_load_model(target, **load),
-        drafter=_load_model(drafter, **load) if drafter else None,
-        ar_drafter=_load_model(ar_drafter, **load) if ar_drafter else None,
+        target=target_model,
+        drafter=drafter_model,
+        ar_drafter=drafters.get("AR drafter"),
         tokenizer=tokenizer,
-        cps_ngram=_cps_ngram(drafter),
+        cps_ngram=_cps_ngram(drafter) if isinstance(drafter_model, PreTrainedModel) else None,
     )
 
 

@@ -1,0 +1,56 @@
+"""Drafter adapters: which ``Drafter`` drives a given model. The choice is made here, once per engine, from what
+the model is; the decoding loop only ever sees the ``Drafter`` interface.
+
+- an autoregressive draft model: ``ARDrafter`` (exact KV cache);
+- DiffusionGemma (native, ``diffusion_gemma.py``): its own canvas and encoder cache;
+- any other diffusion LM: ``MaskedDiffusionDrafter`` (unshifted LLaDA/MDLM style, or Dream-style shifted), with
+  the prefix cache where the model takes one (``caches.accepts_cache``; LLaDA does not);
+- a model with its own tokenizer (``DrafterWithTokenizer``): the above, wrapped to translate through text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..caches import accepts_cache, check_rollback
+from ..config import DiffuSpecConfig
+from ..drafters import ARDrafter, Drafter, MaskedDiffusionDrafter
+from .diffusion_gemma import DiffusionGemmaDrafter, is_diffusion_gemma, tiny_diffusion_gemma_pair
+from .text_bridge import DrafterWithTokenizer, TextTranslatingDrafter, shares_vocabulary
+
+__all__ = ["DiffusionGemmaDrafter", "DrafterWithTokenizer", "TextTranslatingDrafter", "drafter_factory",
+           "shares_vocabulary", "tiny_diffusion_gemma_pair"]
+
+
+def drafter_factory(
+    model: PreTrainedModel | DrafterWithTokenizer,
+    *,
+    autoregressive: bool,
+    tokenizer: PreTrainedTokenizerBase,
+    config: DiffuSpecConfig,
+    mask_token_id: int | None,
+    vocab_size: int,
+    eos_token_ids: Collection[int],
+) -> Callable[[], Drafter]:
+    """How to make a request's drafter for ``model`` (checked now; a fresh drafter, with fresh caches, per call).
+    ``tokenizer`` is the target's; ``mask_token_id`` the caller's override of the drafter's mask token."""
+    if isinstance(model, DrafterWithTokenizer):
+        own = model
+        inner = drafter_factory(own.model, autoregressive=autoregressive, tokenizer=own.tokenizer, config=config,
+                                mask_token_id=mask_token_id, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
+        return lambda: TextTranslatingDrafter(inner(), own.tokenizer, tokenizer, target_vocab_size=vocab_size,
+                                              target_eos_ids=eos_token_ids)
+    if autoregressive:
+        check_rollback(model, "AR drafter")
+        return lambda: ARDrafter(model)
+    if is_diffusion_gemma(model):
+        return lambda: DiffusionGemmaDrafter(model, denoising_steps=config.denoising_steps)
+    from ..engine import resolve_logits_shift, resolve_mask_token  # the engine imports this module
+
+    mask = resolve_mask_token(tokenizer, model, mask_token_id)
+    shifted = resolve_logits_shift(model, config.logits_shift)
+    prefix_cache = config.drafter_prefix_cache and accepts_cache(model)
+    return lambda: MaskedDiffusionDrafter(model, mask, shifted=shifted, denoising_steps=config.denoising_steps,
+                                          prefix_cache=prefix_cache)
