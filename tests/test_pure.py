@@ -1,39 +1,15 @@
-"""ADL, acceptance and stop handling as pure functions on small hand-built inputs."""
+"""Verification rules, sampling warpers and acceptance statistics as pure functions on small hand-built
+inputs. (Draft-length policies: test_length.py; stop strings: test_text.py.)"""
 
 import pytest
 import torch
 from scipy.stats import chisquare
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from diffuspec.length import ADLState, adl_update, generated_length
-from diffuspec.stopping import find_stop, safe_length
+from diffuspec.stats import per_position_acceptance
 from diffuspec.verification import SamplingParams, greedy_accept, gumbel_accept, position_gumbel, sample_accept
 
-EOS = 0
 ALPHA = 1e-3  # false-failure rate of each statistical test
-
-
-# ----- ADL ------------------------------------------------------------------------------------------------
-
-
-def test_generated_length_counts_tokens_before_first_eos():
-    assert generated_length([5, 6, EOS, 7], k=4, eos_token_ids={EOS}) == 2
-    assert generated_length([5, 6, 7], k=3, eos_token_ids={EOS}) == 3
-
-
-def test_adl_update_follows_the_paper():
-    params = dict(k_min=20, k_max=30, delta=10, rho=0.5)
-    state = ADLState(k=30)  # k_1 = k_max, EMAs start at 0
-    state = adl_update(state, generated=30, accepted=6, **params)
-    assert (state.generated_ema, state.accepted_ema) == (15.0, 3.0)
-    assert state.k == 20  # G = 15 < k_min, A < G: clipped up to k_min
-    state = adl_update(state, generated=30, accepted=30, **params)
-    assert (state.generated_ema, state.accepted_ema) == (22.5, 16.5)
-    assert state.k == 22  # A < G: k = round(G)
-    state = adl_update(ADLState(k=30, generated_ema=10, accepted_ema=10), 10, 12, **params)
-    assert state.k == 20  # A >= G: G + delta = 20
-    state = adl_update(ADLState(k=30, generated_ema=25, accepted_ema=25), 25, 25, **params)
-    assert state.k == 30  # G + delta = 35 clipped to k_max
 
 
 # ----- acceptance -----------------------------------------------------------------------------------------
@@ -45,6 +21,15 @@ def test_greedy_accept_longest_prefix_then_target_token():
     assert greedy_accept(torch.tensor([3, 1, 4]), logits) == (3, 2)  # all accepted: bonus token
     assert greedy_accept(torch.tensor([0, 1, 4]), logits) == (0, 3)
     assert greedy_accept(torch.tensor([], dtype=torch.long), logits[:1]) == (0, 3)
+
+
+
+def test_per_position_acceptance_on_partly_accepted_blocks():
+    # Steps drafting 4, 2 and 3 tokens with 2, 0 and 3 accepted: position 0 tried 3 times, accepted twice; ...
+    assert per_position_acceptance([4, 2, 3], [2, 0, 3]) == [2 / 3, 2 / 3, 1 / 2, 0.0]
+    assert per_position_acceptance([5], [5]) == [1.0] * 5
+    assert per_position_acceptance([0, 2], [0, 0]) == [0.0, 0.0]  # a step without a draft tried nothing
+    assert per_position_acceptance([], []) == []
 
 
 def _first_token_counts(draft, draft_probs, target_probs, trials, seed=0):
@@ -101,17 +86,3 @@ def test_sampling_params_match_transformers_warpers():
     theirs = warpers(None, logits.clone()).softmax(-1)
     torch.testing.assert_close(ours, theirs)
 
-
-# ----- stop strings ---------------------------------------------------------------------------------------
-
-
-def test_find_stop_spanning_blocks():
-    assert find_stop("hello wor", ["world"], new_from=6) == -1
-    assert find_stop("hello world!", ["world"], new_from=9) == 6  # begun in an earlier block
-    assert find_stop("a STOP b END", ["END", "STOP"], new_from=0) == 2  # the earliest wins
-
-
-def test_safe_length_holds_back_possible_stop_prefix_and_partial_chars():
-    assert safe_length("hello wo", ["world"]) == 6
-    assert safe_length("hello", ["world"]) == 5
-    assert safe_length("abc\ufffd", []) == 3

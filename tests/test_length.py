@@ -1,0 +1,143 @@
+"""Draft-length policies as pure functions on hand-built inputs: the paper's ADL rule and the cost model
+(expected tokens per step, the best k per second, censored argmax matches, acceptance and cost estimates)."""
+
+import math
+
+import pytest
+
+from diffuspec.length import (
+    AcceptanceEstimate,
+    ADLState,
+    CostCurve,
+    adl_update,
+    argmax_match,
+    best_draft_length,
+    expected_tokens,
+    generated_length,
+)
+
+EOS = 0
+
+# ----- ADL ------------------------------------------------------------------------------------------------
+
+
+def test_generated_length_counts_tokens_before_first_eos():
+    assert generated_length([5, 6, EOS, 7], k=4, eos_token_ids={EOS}) == 2
+    assert generated_length([5, 6, 7], k=3, eos_token_ids={EOS}) == 3
+
+
+def test_adl_update_follows_the_paper():
+    params = dict(k_min=20, k_max=30, delta=10, rho=0.5)
+    state = ADLState(k=30)  # k_1 = k_max, EMAs start at 0
+    state = adl_update(state, generated=30, accepted=6, **params)
+    assert (state.generated_ema, state.accepted_ema) == (15.0, 3.0)
+    assert state.k == 20  # G = 15 < k_min, A < G: clipped up to k_min
+    state = adl_update(state, generated=30, accepted=30, **params)
+    assert (state.generated_ema, state.accepted_ema) == (22.5, 16.5)
+    assert state.k == 22  # A < G: k = round(G)
+    state = adl_update(ADLState(k=30, generated_ema=10, accepted_ema=10), 10, 12, **params)
+    assert state.k == 20  # A >= G: G + delta = 20
+    state = adl_update(ADLState(k=30, generated_ema=25, accepted_ema=25), 25, 25, **params)
+    assert state.k == 30  # G + delta = 35 clipped to k_max
+
+
+def test_adl_ema_weights_the_new_observation_by_rho():
+    # rho = 0.5 cannot tell rho from 1 - rho; 0.25 can: G = 0.75 * 8 + 0.25 * 16 = 10 (swapped: 14).
+    params = dict(k_min=1, k_max=32, delta=8, rho=0.25)
+    state = adl_update(ADLState(k=16, generated_ema=8, accepted_ema=4), generated=16, accepted=12, **params)
+    assert (state.generated_ema, state.accepted_ema) == (10.0, 6.0)
+    assert state.k == 10  # A < G
+    state = adl_update(state, generated=10, accepted=30, **params)
+    assert (state.generated_ema, state.accepted_ema) == (10.0, 12.0)
+    assert state.k == 18  # A >= G: G + delta
+
+
+# ----- the cost model -------------------------------------------------------------------------------------
+
+
+def brute_force_expected_tokens(alphas, k):
+    """1 + sum_{j=1..k} prod_{i<j} alpha_i, written out term by term."""
+    return 1 + sum(math.prod(alphas[:j]) for j in range(1, min(k, len(alphas)) + 1))
+
+
+def test_expected_tokens():
+    assert expected_tokens([0.5, 0.5, 0.5], 0) == 1.0  # no draft: the target's own token
+    assert expected_tokens([0.5, 0.5, 0.5], 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert expected_tokens([1.0] * 8, 5) == 6.0  # everything accepted: k + 1
+    assert expected_tokens([0.0, 0.9, 0.9], 3) == 1.0  # the first token never accepted: nothing after counts
+    alphas = [0.9, 0.8, 0.3, 0.6]
+    for k in range(6):
+        assert expected_tokens(alphas, k) == pytest.approx(brute_force_expected_tokens(alphas, k))
+
+
+CURVES = {
+    # alphas, seconds per step as a function of k (fixed overhead + per-token cost, CPU-like bend)
+    "cheap drafts, good drafter": ([0.95, 0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], lambda k: 10 + 1.0 * k),
+    "costly drafts": ([0.95, 0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], lambda k: 10 + 6.0 * k),
+    "first token hard": ([0.3, 0.95, 0.95, 0.95, 0.9, 0.9, 0.5, 0.2, 0.1, 0.1], lambda k: 5 + 2 * math.sqrt(k)),
+    "bent verification": ([0.8] * 10, lambda k: 4 + (2 * k if k <= 3 else 6 + 0.2 * (k - 3))),
+}
+
+
+@pytest.mark.parametrize("name", list(CURVES))
+def test_best_draft_length_is_the_best_per_second(name):
+    alphas, seconds = CURVES[name]
+    for k_min, k_max in [(1, 10), (2, 6), (4, 4)]:
+        k, tokens = best_draft_length(alphas, [seconds(j) for j in range(k_max + 1)], k_min, k_max)
+        rates = {j: brute_force_expected_tokens(alphas, j) / seconds(j) for j in range(k_min, k_max + 1)}
+        assert k_min <= k <= k_max
+        assert rates[k] == pytest.approx(max(rates.values()))
+        assert tokens == pytest.approx(brute_force_expected_tokens(alphas, k))
+
+
+def test_best_draft_length_finds_an_inner_optimum():
+    def best(name):
+        alphas, seconds = CURVES[name]
+        return best_draft_length(alphas, [seconds(j) for j in range(11)], 1, 10)[0]
+
+    assert 1 < best("cheap drafts, good drafter") < 10  # neither bound: the search really compares lengths
+    assert best("costly drafts") < best("cheap drafts, good drafter")  # dearer drafts: shorter ones
+
+
+def test_argmax_match_reads_what_greedy_verification_would_have_accepted():
+    # Verified path [1, 2, 9]: two accepted, the target said 3 at position 2; known target tokens 1, 2, 3.
+    assert argmax_match([1, 2, 3, 4], [1, 2, 9], accepted=2, next_token=3) == 3  # censored: at least 3
+    assert argmax_match([1, 5, 3, 4], [1, 2, 9], accepted=2, next_token=3) == 1
+    assert argmax_match([7, 2, 3], [1, 2, 9], accepted=2, next_token=3) == 0
+    assert argmax_match([1, 2, 9], [1, 2, 9], accepted=2, next_token=3) == 2  # the rejected token, twice
+    assert argmax_match([1], [1, 2, 9], accepted=2, next_token=3) == 1  # a shorter argmax path
+    assert argmax_match([4, 4], [1, 2], accepted=0, next_token=4) == 1  # nothing accepted: only position 0 known
+
+
+def test_acceptance_estimate_counts_tried_positions_only():
+    estimate = AcceptanceEstimate(4, prior=0.5, prior_weight=2.0, decay=1.0)
+    assert estimate.alphas() == [0.5] * 4
+    estimate.observe(accepted=2, tried=3)  # positions 0, 1 accepted, 2 rejected, 3 never tried
+    assert estimate.alphas() == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.5])
+    estimate.observe(accepted=0, tried=1)
+    assert estimate.alphas() == pytest.approx([2 / 4, 2 / 3, 1 / 3, 0.5])
+
+
+def test_acceptance_estimate_forgets_old_steps():
+    estimate = AcceptanceEstimate(2, prior=0.5, prior_weight=2.0, decay=0.5)
+    estimate.observe(accepted=0, tried=2)
+    estimate.observe(accepted=2, tried=2)
+    # decayed counts: tried 0.5 + 1 = 1.5, accepted 0 * 0.5 + 1 = 1 at both positions
+    assert estimate.alphas() == pytest.approx([(1 + 1) / (1.5 + 2)] * 2)
+
+
+def test_cost_curve_interpolates_and_extrapolates():
+    curve = CostCurve(smoothing=0.5)
+    assert curve(7) == 0.0  # nothing measured yet
+    curve.observe(2, 4.0)
+    assert curve(1) == curve(9) == 4.0  # one point: flat
+    curve.observe(6, 12.0)
+    assert curve(4) == pytest.approx(8.0)  # between points: linear
+    assert curve(10) == pytest.approx(20.0)  # beyond: the last segment's slope
+    assert curve(0) == pytest.approx(0.0)  # before: the first segment's slope, never below 0
+    curve.observe(6, 16.0)  # an EMA per size
+    assert curve(6) == pytest.approx(14.0)
+    assert curve(4) == pytest.approx(9.0)
+    curve.observe(3, 3.0)  # three knots: each size reads the segment around it
+    assert [curve(s) for s in (2, 3, 4, 6, 8)] == pytest.approx([4.0, 3.0, 6.667, 14.0, 21.333], abs=1e-3)
+    assert curve.table(8) == pytest.approx([curve(s) for s in range(9)])
