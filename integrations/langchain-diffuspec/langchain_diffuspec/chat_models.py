@@ -84,16 +84,13 @@ class _Turn:
             content += rest
         # Malformed blocks travel as chunks whose args are the raw block (not JSON, so LangChain's chunk
         # merging lists them in invalid_tool_calls); errors go in the metadata, as chunks have no place for them.
-        tool_call_chunks = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i} for i, c in enumerate(calls)
-        ]
-        tool_call_chunks += [
-            {"name": c["name"], "args": c["args"], "id": c["id"], "index": len(calls) + i}
-            for i, c in enumerate(c for c in self.invalid_tool_calls if c["args"] is not None)
-        ]
+        malformed = [c for c in self.invalid_tool_calls if c["args"] is not None]  # an unmet choice has no block
+        tool_call_chunks = [*({**c, "args": json.dumps(c["args"])} for c in calls), *malformed]
         message = AIMessageChunk(
             content=content[self.shown :],
-            tool_call_chunks=tool_call_chunks,
+            tool_call_chunks=[
+                {"name": c["name"], "args": c["args"], "id": c["id"], "index": i} for i, c in enumerate(tool_call_chunks)
+            ],
             usage_metadata=usage(len(self.prompt_ids), event.stats),
             chunk_position="last",
         )
