@@ -117,6 +117,8 @@ def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> 
         methods["diffuspec"] = engine_runner(engine.with_config(cps=True, draft_length=None), "diffuspec")
         methods["diffuspec-adl"] = engine_runner(engine.with_config(length_policy="adl", draft_length=None), "diffuspec")
         methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False, draft_length=None), "diffuspec")
+        for paths, name in ((4, "diffuspec-tree"), (2, "diffuspec-tree-2")):  # multi-path verification (tree.py)
+            methods[name] = engine_runner(engine.with_config(draft_paths=paths, draft_length=None), "diffuspec")
         for k in fixed_ks:
             methods[f"diffuspec-k{k}"] = engine_runner(engine.with_config(cps=True, draft_length=k), "diffuspec")
         k = engine.config.k_max
@@ -192,7 +194,8 @@ def run_benchmark(
         "methods": [totals[name].row(reference_tps) for name in names],
         "traces": {name: {"accepted_lengths": t.decoding.accepted_lengths,
                           "draft_lengths_first_run": t.draft_lengths_first_run,
-                          "per_position_acceptance": t.decoding.per_position_acceptance}
+                          "per_position_acceptance": t.decoding.per_position_acceptance,
+                          "accepted_ranks": t.decoding.accepted_ranks, "tree_sizes": t.decoding.tree_sizes}
                    for name, t in totals.items() if t.decoding.steps},
     }
 
@@ -238,7 +241,7 @@ def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
     import matplotlib.pyplot as plt
 
     rows = results["methods"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 7.5))
     ax = axes[0][0]
     ax.barh([r["method"] for r in rows][::-1], [r["speedup"] for r in rows][::-1], color="tab:blue")
     ax.axvline(1.0, color="black", lw=0.8)
@@ -260,6 +263,20 @@ def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
     ax.set_title("per-position acceptance (given the position was drafted)")
     ax.set_xlabel("draft position")
     ax.legend(fontsize=7)
+    trees = {name: t for name, t in traces.items() if name.startswith("diffuspec-tree")}
+    ax = axes[0][2]  # multi-path verification: which path's branch was accepted, and how large the trees were
+    for name, t in trees.items():
+        ranks = [r for r, a in zip(t["accepted_ranks"], t["accepted_lengths"]) if a]  # steps that accepted any
+        ax.hist(ranks, bins=range(0, max(ranks, default=0) + 2), alpha=0.6, label=name, align="left")
+    ax.set_title("accepted path rank (steps accepting a draft token)")
+    ax.set_xlabel("rank of the path (0: CPS's best)")
+    ax = axes[1][2]
+    for name, t in trees.items():
+        ax.hist(t["tree_sizes"], bins=30, alpha=0.6, label=name)
+    ax.set_title("verified tokens per step (tree size)")
+    for ax in (axes[0][2], axes[1][2]):
+        if trees:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
