@@ -1,4 +1,9 @@
-"""The ``diffuspec`` command: generate, train-demo, align (and bench)."""
+"""The ``diffuspec`` command: generate, train-demo, align, bench.
+
+Every user error (a bad option value, a missing or broken model or prompts file, a device this machine lacks)
+prints one line on stderr and exits with status 2, as argparse does for its own errors. torch and transformers
+are imported inside the commands, so ``diffuspec --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,96 @@ import json
 import sys
 from pathlib import Path
 
-from .config import MODES, DiffuSpecConfig, DiffuSpecError
+from .config import LENGTH_POLICIES, MODES, DiffuSpecConfig, DiffuSpecError
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _require_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise DiffuSpecError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def _check_device(device: str | None) -> None:
+    """Fail now, in one line, on a device this machine lacks (torch would fail mid-load with a traceback)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # CPU-only torch asserts on "cuda"
+        raise DiffuSpecError(
+            f"--device {device} is not usable on this machine ({_one_line(error)}): pick another, e.g. --device cpu"
+        ) from error
+
+
+def _check_model_path(option: str, path: str | None) -> None:
+    """A local directory must hold a saved model; a name that cannot be a hub id must exist."""
+    if path is None:
+        return
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise DiffuSpecError(
+                f"{option} {path}: no config.json there: pass a directory written by save_pretrained, or a hub id"
+            )
+    elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise DiffuSpecError(f"{option} {path}: no such directory: pass a model directory or a hub id")
+
+
+def _load_engine(args: argparse.Namespace, config: DiffuSpecConfig | None = None):
+    """The engine of ``--target / --drafter / --ar-drafter / --device``; loading failures in one line."""
+    from safetensors import SafetensorError
+
+    from .engine import DiffuSpec
+
+    for option in ("target", "drafter", "ar_drafter"):
+        _check_model_path(f"--{option.replace('_', '-')}", getattr(args, option))
+    _check_device(args.device)
+    try:
+        return DiffuSpec.from_pretrained(
+            args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device, config=config
+        )
+    except DiffuSpecError:
+        raise
+    except (OSError, ValueError, SafetensorError) as error:  # unreadable files, unknown models, hub offline
+        raise DiffuSpecError(f"cannot load the models: {_one_line(error)}") from error
+
+
+def _read_prompts(source: str | Path) -> list[str]:
+    from .training import read_prompts
+
+    if not Path(source).is_file():
+        raise DiffuSpecError(f"prompts file {source} not found: pass an existing text or JSON lines file")
+    try:
+        prompts = read_prompts(source)
+    except (OSError, ValueError, KeyError) as error:  # unreadable, bad JSON, a row without a prompt
+        raise DiffuSpecError(f"cannot read prompts from {source}: {_one_line(error)}") from error
+    if not prompts:
+        raise DiffuSpecError(f"prompts file {source} holds no prompt")
+    return prompts
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .engine import DiffuSpec
+    from .params import GenerationParams
 
-    config = DiffuSpecConfig(mode=args.mode, cps=not args.no_cps, draft_length=args.draft_length)
-    engine = DiffuSpec.from_pretrained(
-        args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device, config=config
-    )
+    # Everything checkable is checked before the (slow) load.
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, stop=args.stop, seed=args.seed)
+    policy = {"length_policy": args.length_policy} if args.length_policy else {}
+    config = DiffuSpecConfig(mode=args.mode, cps=not args.no_cps, draft_length=args.draft_length, **policy)
+    engine = _load_engine(args, config)
     if args.json:
-        out = engine.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, stop=args.stop,
-                              seed=args.seed)
+        out = engine.generate(args.prompt, params=params)
         print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
                           "stats": out.stats.summary()}, indent=2))
         return
     event = None
-    for event in engine.stream(args.prompt, args.max_new_tokens, temperature=args.temperature, stop=args.stop,
-                               seed=args.seed):
+    for event in engine.stream(args.prompt, params=params):
         print(event.text, end="", flush=True)
     s = event.stats
     print(
@@ -39,6 +115,7 @@ def _train_demo(args: argparse.Namespace) -> None:
     from .loading import EMBEDDED_DIR, default_device
     from .training import PRESETS, train_demo
 
+    _check_device(args.device)
     out = Path(args.out) if args.out else EMBEDDED_DIR
     metrics = train_demo(out, PRESETS[args.preset], args.device or default_device(), reuse_target=args.reuse_target)
     print(json.dumps({k: metrics[k] for k in ("validation_loss", "greedy_acceptance_before_alignment",
@@ -47,12 +124,23 @@ def _train_demo(args: argparse.Namespace) -> None:
 
 
 def _align(args: argparse.Namespace) -> None:
+    from safetensors import SafetensorError
+
     from .training import align
 
-    result = align(args.target, args.drafter, args.prompts, args.out, steps=args.steps, block=args.block,
-                   continuation=args.continuation, lr=args.lr, batch_size=args.batch_size,
-                   prompt_tokens=args.prompt_tokens, device=args.device, mask_token_id=args.mask_token_id,
-                   logits_shift=args.logits_shift, ngram_order=args.ngram_order)
+    _require_positive(steps=args.steps, block=args.block, continuation=args.continuation,
+                      batch_size=args.batch_size, prompt_tokens=args.prompt_tokens)
+    _check_model_path("--target", args.target)
+    _check_model_path("--drafter", args.drafter)
+    _read_prompts(args.prompts)
+    _check_device(args.device)
+    try:
+        result = align(args.target, args.drafter, args.prompts, args.out, steps=args.steps, block=args.block,
+                       continuation=args.continuation, lr=args.lr, batch_size=args.batch_size,
+                       prompt_tokens=args.prompt_tokens, device=args.device, mask_token_id=args.mask_token_id,
+                       logits_shift=args.logits_shift, ngram_order=args.ngram_order)
+    except (OSError, SafetensorError) as error:  # unreadable model files, hub offline, a full disk
+        raise DiffuSpecError(f"align failed: {_one_line(error)}") from error
     print(json.dumps(result, indent=2))
 
 
@@ -61,13 +149,12 @@ PROMPT_SETS = {"heldout": "prompts.jsonl", "short": "short_prompts.jsonl", "chat
 
 def _bench(args: argparse.Namespace) -> None:
     from .bench import default_methods, dlm_methods, markdown_table, run_benchmark, write_results
-    from .engine import DiffuSpec
     from .loading import EMBEDDED_DIR
-    from .training import read_prompts
 
-    engine = DiffuSpec.from_pretrained(args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device)
+    _require_positive(limit=args.limit, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
     source = args.spec_bench or args.prompts or (EMBEDDED_DIR / PROMPT_SETS[args.prompt_set])
-    prompts = read_prompts(source)[: args.limit]
+    prompts = _read_prompts(source)[: args.limit]
+    engine = _load_engine(args)
     methods = {**default_methods(engine), **dlm_methods(engine)}
     chosen = args.methods or [name for name in methods if name not in ("dlm", "spiffy")]
     unknown = set(chosen) - set(methods)
@@ -93,12 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--drafter", help="hub id or local path of the diffusion drafter")
     gen.add_argument("--ar-drafter", help="hub id or local path of an AR draft model (mode ar-drafter)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
+    gen.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
+    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this much mass")
+    gen.add_argument("--seed", type=int, help="fixes the sampled output (the same for every mode)")
     gen.add_argument("--stop", action="append", help="stop string (repeatable)")
     gen.add_argument("--mode", choices=MODES, default="diffuspec")
     gen.add_argument("--no-cps", action="store_true", help="per-position argmax instead of path search")
-    gen.add_argument("--draft-length", type=int, help="fixed draft length k (default: ADL)")
+    gen.add_argument("--draft-length", type=int, help="fixed draft length k (default: the length policy's)")
+    gen.add_argument("--length-policy", choices=LENGTH_POLICIES,
+                     help="cost: the k with the most expected tokens per second here (default); adl: the paper's")
     gen.add_argument("--device")
     gen.add_argument("--json", action="store_true", help="print the Generation with its stats as JSON")
     gen.set_defaults(run=_generate)
@@ -156,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except DiffuSpecError as error:
-        print(f"diffuspec: error: {error}", file=sys.stderr)
+        print(f"diffuspec: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
