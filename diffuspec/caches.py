@@ -34,6 +34,12 @@ def rollback(cache: DynamicCache, drop: int) -> None:
     cache.crop(-drop)
 
 
+def has_sliding_window(model: PreTrainedModel) -> bool:
+    """Whether any layer of ``model`` attends through a sliding (or chunked) window: then each layer type needs
+    its own attention mask, which only the model can build."""
+    return any(DynamicCache(config=model.config).is_sliding)
+
+
 def check_rollback(model: PreTrainedModel, role: str) -> None:
     """Refuse a model whose cache cannot drop tokens, naming the fix."""
     supports_dynamic = getattr(model, "_supports_default_dynamic_cache", lambda: True)()

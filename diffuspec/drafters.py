@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .caches import new_cache, rollback
+from .caches import has_sliding_window, new_cache, rollback
 from .verification import SamplingParams
 
 
@@ -63,8 +63,9 @@ class CachedPrefixModel:
         self.model = model
         self.use_cache = use_cache
         # An explicit all-True 4D mask for a bidirectional model: transformers then skips building one from
-        # mask functions, which cost as much as the drafter's whole forward on CPU.
-        self.bidirectional = bidirectional
+        # mask functions, which cost as much as the drafter's whole forward on CPU. Not with sliding-window
+        # layers: they hold fewer keys and need windowed masks of their own.
+        self.bidirectional = bidirectional and not has_sliding_window(model)
         self._keep_arg = _supports_logits_to_keep(model)
         self.reset()
 

@@ -156,14 +156,15 @@ def _load_model(path: str, role: str, *, device: str, dtype, device_map, trust_r
     return model.eval()
 
 
-def _own_tokenizer(path: str, role: str, verbose: bool | None) -> PreTrainedTokenizerBase | None:
+def _own_tokenizer(path: str, role: str, verbose: bool | None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved with a model, or None where there is none: a local directory without tokenizer files
     (AutoTokenizer would otherwise build a near-empty default one from the config)."""
     local = Path(path).expanduser()
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
         return None
     with _loading(path, f"{role}'s tokenizer", verbose):
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _pair(model: PreTrainedModel, own: PreTrainedTokenizerBase | None,
@@ -202,12 +203,13 @@ def load_models(
              (("target", target), ("drafter", drafter), ("AR drafter", ar_drafter)) if path is not None}
     load = dict(device=checked_device(device) if device_map is None else None, dtype=_checked_dtype(dtype),
                 device_map=device_map, trust_remote_code=trust_remote_code, verbose=verbose)
-    tokenizer = _own_tokenizer(paths["target"], "target", verbose)
+    tokenizer = _own_tokenizer(paths["target"], "target", verbose, trust_remote_code)
     if tokenizer is None:
         raise DiffuSpecError(f"the target directory {target} has no tokenizer files: save the target's tokenizer "
                              "beside it (tokenizer.save_pretrained)")
     target_model = _load_model(paths["target"], "target", **load)
-    drafters = {role: _pair(_load_model(path, role, **load), _own_tokenizer(path, role, verbose), tokenizer)
+    drafters = {role: _pair(_load_model(path, role, **load), _own_tokenizer(path, role, verbose, trust_remote_code),
+                            tokenizer)
                 for role, path in paths.items() if role != "target"}
     drafter_model = drafters.get("drafter")
     return LoadedModels(
