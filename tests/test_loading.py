@@ -52,6 +52,13 @@ def test_a_drafter_with_another_tokenizer_is_translated_not_refused(saved, token
     assert engine.generate(prompt, max_new_tokens=24).token_ids == hf_greedy(engine.target, prompt, 24)
 
 
+def test_alignment_refuses_a_drafter_with_another_tokenizer(saved, tmp_path):
+    from diffuspec.training import align
+
+    with pytest.raises(DiffuSpecError, match="another tokenizer than the target"):
+        align(str(saved / "target"), str(saved / "reversed"), str(tmp_path / "prompts.jsonl"), str(tmp_path / "out"))
+
+
 def test_loading_arguments_pass_through(saved):
     models = load_models(str(saved / "target"), str(saved / "drafter"), dtype="bfloat16", device_map="cpu",
                          trust_remote_code=False)

@@ -40,6 +40,9 @@ def align(
     from ..loading import load_models
 
     models = load_models(target_path, drafter_path, device=device)
+    if not isinstance(models.drafter, torch.nn.Module):  # a DrafterWithTokenizer: it drafts through text
+        raise DiffuSpecError(f"the drafter at {drafter_path} has another tokenizer than the target: alignment "
+                             "trains on the target's token ids, so it needs a drafter sharing its vocabulary")
     mask_id = resolve_mask_token(models.tokenizer, models.drafter, mask_token_id)
     shifted = resolve_logits_shift(models.drafter, logits_shift)
     gen = torch.Generator().manual_seed(seed)
