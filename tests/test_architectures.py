@@ -9,9 +9,10 @@ import pytest
 import torch
 import transformers as hf
 from conftest import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter
+from test_sampling import NEW_TOKENS as SAMPLED_TOKENS
 from test_sampling import exact_sequence_distribution, goodness_of_fit
 
-from diffuspec import DiffuSpec, DiffuSpecConfig, DiffuSpecError, Draft, Drafter, SamplingParams
+from diffuspec import DiffuSpec, DiffuSpecConfig, DiffuSpecError, Draft, Drafter
 
 WINDOW = 8
 NEW_TOKENS = 64
@@ -128,11 +129,11 @@ def test_sampling_past_a_sliding_window_follows_the_target_distribution():
     target = _family("mistral", len(tokenizer), window=3)
     engine = DiffuSpec(target, RepeatingDrafter(), tokenizer, DiffuSpecConfig(draft_length=3))
     prompt = tokenizer("abcabcab")["input_ids"]
-    sampling = dict(temperature=0.9, top_k=4)
-    exact = exact_sequence_distribution(target, prompt, engine.eos_token_ids, SamplingParams(**sampling))
+    sampling = dict(temperature=0.9, top_k=3)
+    exact = exact_sequence_distribution(target, prompt, engine.eos_token_ids, sampling)
     samples, accepted = Counter(), 0
-    for seed in range(500):
-        out = engine.generate(prompt, max_new_tokens=3, seed=seed, **sampling)
+    for seed in range(400):
+        out = engine.generate(prompt, max_new_tokens=SAMPLED_TOKENS, seed=seed, **sampling)
         samples[tuple(out.token_ids)] += 1
         accepted += out.stats.accepted_tokens
     assert accepted > 0
