@@ -10,7 +10,8 @@ record. Hence the one rule every caller keeps: **a rollback drops at most the to
 rollback** (``rollback(cache, 0)`` trims without dropping).
 
 A recurrent state (Mamba, gated delta-net and other linear-attention layers) folds every token into one
-tensor and cannot forget the last few, so such models are refused up front (``check_rollback``).
+tensor and cannot forget the last few, so such models are refused up front (``check_rollback``), as are
+targets whose sparse attention selects keys differently in a block pass (``check_target``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def has_sliding_window(model: PreTrainedModel) -> bool:
     """Whether any layer of ``model`` attends through a sliding (or chunked) window: then each layer type needs
     its own attention mask, which only the model can build."""
     return any(DynamicCache(config=model.config).is_sliding)
+
+
+def check_target(model: PreTrainedModel) -> None:
+    """Refuse a target that speculative decoding cannot verify losslessly: one whose cache cannot roll back, or
+    one whose pass over a drafted block does not compute what token-by-token decoding does."""
+    check_rollback(model, "target")
+    if any(type(layer).__name__ == "DynamicIndexedLayer" for layer in DynamicCache(config=model.config).layers):
+        topk = getattr(model.config.get_text_config(), "index_topk", None)
+        raise DiffuSpecError(
+            f"the target ({type(model).__name__}) uses DeepSeek sparse attention: in transformers 5.23 a pass over "
+            f"several new tokens selects each query's top-{topk} keys differently from one token at a time, so once "
+            "the context is longer than that a verified draft would not reproduce the model's own output. Use "
+            "plain `model.generate` for this model, or a dense-attention target."
+        )
 
 
 def check_rollback(model: PreTrainedModel, role: str) -> None:

@@ -21,7 +21,7 @@ from .caches import new_cache
 from .config import DLM_MODES, DiffuSpecConfig, DiffuSpecError
 from .adapters import DrafterWithTokenizer, drafter_factory
 from .adapters.diffusion_gemma import is_diffusion_gemma
-from .caches import check_rollback
+from .caches import check_target
 from .drafters import Drafter, PromptLookupDrafter
 from .dlm import DLMSettings, dlm_steps, spiffy_steps
 from .events import Emitter, Generation, StepEvent
@@ -218,7 +218,7 @@ class DiffuSpec:
         per request, so their caches are the request's; a ``Drafter`` object given by the caller is reused
         (and reset) for every request."""
         cfg = self.config
-        check_rollback(self.target, "target")
+        check_target(self.target)
         factories: dict[str, Callable[[], Drafter] | None] = {
             "ar": None,
             "prompt-lookup": lambda: PromptLookupDrafter(max_ngram=cfg.prompt_lookup_max_ngram),

@@ -49,6 +49,9 @@ def _family(name: str, vocab_size: int, window: int = WINDOW) -> torch.nn.Module
         "granite": lambda: hf.GraniteForCausalLM(hf.GraniteConfig(**common)),
         "lfm2": lambda: hf.Lfm2ForCausalLM(hf.Lfm2Config(  # a short-convolution layer: a recorded conv state
             **common, layer_types=["conv", "full_attention"])),
+        "llama4": lambda: hf.Llama4ForCausalLM(hf.Llama4TextConfig(  # chunked attention, then a global MoE layer
+            head_dim=8, attention_chunk_size=window, intermediate_size_mlp=64, num_local_experts=2,
+            num_experts_per_tok=1, moe_layers=[1], no_rope_layers=[1, 0], **common)),
     }
     model = _init(builders[name](), seed=sum(map(ord, name)), scale=0.3)
     with torch.no_grad():  # EOS never wins the argmax: every run goes the full length, far past the window
@@ -57,7 +60,7 @@ def _family(name: str, vocab_size: int, window: int = WINDOW) -> torch.nn.Module
 
 
 FAMILIES = ["llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "gemma2", "gemma3", "gemma4", "phi3", "gpt2",
-            "gpt_oss", "olmo2", "granite", "lfm2"]
+            "gpt_oss", "olmo2", "granite", "lfm2", "llama4"]
 
 
 class PartlyRightDrafter(Drafter):
@@ -138,6 +141,19 @@ def test_sampling_past_a_sliding_window_follows_the_target_distribution():
         accepted += out.stats.accepted_tokens
     assert accepted > 0
     assert goodness_of_fit(samples, exact) > 1e-3
+
+
+def test_a_sparse_attention_target_is_refused(tokenizer):
+    """DeepSeek V3.2's indexer picks keys differently in a block pass than token by token once the context passes
+    its top-k (checked: greedy output diverged at 40 tokens with top-6), so no draft could be verified exactly."""
+    config = hf.DeepseekV32Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
+        n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, v_head_dim=8,
+        qk_nope_head_dim=4, head_dim=4, index_topk=6, index_head_dim=8, index_n_heads=2, first_k_dense_replace=1,
+        max_position_embeddings=CONTEXT)
+    with pytest.raises(DiffuSpecError, match="sparse attention.*top-6 keys"):
+        DiffuSpec(hf.DeepseekV32ForCausalLM(config), None, tokenizer)
 
 
 def test_a_recurrent_target_is_refused(tokenizer):
