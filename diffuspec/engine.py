@@ -16,12 +16,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .aio import aiterate
-from .caches import new_cache
-from .config import DLM_MODES, DiffuSpecConfig, DiffuSpecError
 from .adapters import DrafterWithTokenizer, drafter_factory
 from .adapters.diffusion_gemma import is_diffusion_gemma
-from .caches import check_target
+from .aio import aiterate
+from .caches import check_target, new_cache
+from .config import DLM_MODES, DiffuSpecConfig, DiffuSpecError
 from .drafters import Drafter, PromptLookupDrafter
 from .dlm import DLMSettings, dlm_steps, spiffy_steps
 from .events import Emitter, Generation, StepEvent
