@@ -15,14 +15,19 @@ beat any 16-token path whose later tokens are merely likely. Live beams all have
 them the mean ranks exactly as the sum; it only decides between a finished path and the live ones, and there
 it asks which path is better per token, which is what makes a short path worth proposing.
 
-Speed: each position scores all beams x candidates at once. Both n-gram models are tries stored as numpy
-arrays (``NGramTrie``): one ``np.searchsorted`` finds every (context, candidate) pair of a position, and the
-Witten-Bell interpolation is folded into per-context weights, so a probability is a dot product of counts.
+Speed (k = 16, B = 3: about 50 (beam, candidate) rows a position). Each beam's proxy is folded once into a
+few (context, weight) terms (``NGramTrie.terms``), so a row costs one dict look-up per context its beam has
+seen, plain Python floats, no allocation. Measured on the demo pair, this beats scoring each position as
+numpy arrays (one ``searchsorted`` over all rows, a dozen array calls per model) by 3x: at this size a
+position is all per-call overhead. The old cost was not the look-ups but rebuilding context tuples and the
+Witten-Bell recursion for every row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,30 +37,19 @@ import torch
 
 from .config import DiffuSpecError
 
+# Per position: the candidate tokens, best first, and their drafter log-probs.
+Lattice = list[tuple[list[int], list[float]]]
+# A probability unrolled into terms: p(token) = base + sum of weight * count(key + token), per term.
+Terms = list[tuple[Callable[[int, float], float], int, float]]
 
-@dataclass(frozen=True)
-class Lattice:
-    """The pruned drafter output: position i's candidates are ``tokens[i, :sizes[i]]``, best first, with their
-    drafter log-probs ``logprobs[i, :sizes[i]]`` (padded rows, so that a position is a view, not a copy)."""
-
-    tokens: np.ndarray  # [positions, columns] int64
-    logprobs: np.ndarray  # [positions, columns] float64
-    sizes: list[int]
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    def candidates(self, position: int) -> list[tuple[int, float]]:
-        n = self.sizes[position]
-        return list(zip(self.tokens[position, :n].tolist(), self.logprobs[position, :n].tolist()))
+ROOT = 0  # trie node of the empty context
 
 
 class CausalProxy(Protocol):
-    """A cheap left-to-right scorer, fed the committed text as it grows, scoring many beams at once.
+    """A cheap left-to-right scorer, fed the committed text as it grows.
 
-    A beam's state is opaque to the search: ``start`` makes the state of one beam that has read ``history``,
-    ``score`` scores every beam of a state against a position's candidates and ``advance`` picks the
-    (beam, candidate) pairs that survive as the next state.
+    A beam's state is opaque to the search: ``start`` gives the state of one that has read ``history``,
+    ``logprobs`` scores a position's candidates after it and ``advance`` moves it past one token.
     """
 
     order: int  # how many tokens of history it reads, the scored token included
@@ -66,151 +60,36 @@ class CausalProxy(Protocol):
 
     def start(self, history: Sequence[int]) -> Any: ...
 
-    def score(self, state: Any, tokens: np.ndarray) -> tuple[np.ndarray, Any]:
-        """log p(token | beam), [beams, len(tokens)], and what ``advance`` needs."""
-        ...
+    def logprobs(self, state: Any, tokens: Sequence[int]) -> list[float]: ...
 
-    def advance(self, scored: Any, picks: np.ndarray) -> Any:
-        """The state of the chosen (beam, candidate) pairs, ``picks`` indexing [beams, candidates] flat."""
-        ...
+    def advance(self, state: Any, token: int) -> Any: ...
 
 
-ROOT, UNSEEN = 0, 1  # trie nodes: the empty context; every context never seen (it has no children)
+def mixture_probs(terms: Terms, base: float, tokens: Sequence[int]) -> list[float]:
+    """p(token) for each token: the hot loop of the search (plain floats, one look-up per term)."""
+    probs = []
+    for token in tokens:
+        p = base
+        for count, key, weight in terms:
+            p += weight * count(key + token, 0.0)
+        probs.append(p)
+    return probs
 
 
 class NGramTrie:
-    """An interpolated Witten-Bell n-gram model (back-off to uniform) stored as a trie for batched look-ups.
+    """An interpolated Witten-Bell n-gram model (back-off to uniform) stored as a trie.
 
-    A node is a token sequence; its child along token t is the sequence with t appended, found through one
-    sorted array of int64 edge keys ``parent * V + t``, so one ``np.searchsorted`` answers a whole batch. A node
-    keeps its count as an n-gram (how often its last token followed the rest) and, as a context, the total and
-    number of distinct continuations Witten-Bell needs.
+    A node is a token sequence of at most ``order`` tokens; its child along token t is the sequence with t
+    appended, under the edge key ``node * V + t``. An edge keeps the count of its n-gram; a node keeps, as a
+    context, the total count and the number of distinct tokens that followed it, and its suffix (itself
+    without its oldest token). The nodes are closed under prefixes and suffixes, so the contexts of a position
+    (the suffixes of the text read so far) are the suffix chain of one node: a beam's state.
 
-    Witten-Bell reads, for the contexts c_0 (empty) ... c_{n-1} of a position, p_h = (c_h + N_h p_{h-1}) /
-    (T_h + N_h), p_{-1} = 1 / V, with c_h the count of (context_h, token), T_h the context's total and N_h its
-    number of distinct continuations, stopping at the first context never seen. Unrolled, p = base +
-    sum_h W_h c_h, with weights that depend on the contexts only. The contexts of a position are the suffixes
-    of the longest one seen, so a beam's state is that one node; its chain of suffixes, their edge keys and
-    the weights are precomputed per node, and a beam's candidates cost one search, one gather of counts and a
-    dot product. (The suffixes of a seen context were seen too: true of any counted text, which is what the
-    state relies on.)
+    Witten-Bell reads, for the contexts c_0 (empty), c_1, ... of a position, p_h = (n_h + N_h p_{h-1}) /
+    (T_h + N_h), p_{-1} = 1 / V, with n_h the count of (c_h, token), T_h the context's total and N_h its
+    distinct followers, stopping at the first context never seen. Unrolled, p = base + sum_h W_h n_h with
+    weights that depend on the contexts only: ``terms``.
     """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        order: int,
-        edges: tuple[np.ndarray, np.ndarray],
-        count: np.ndarray,
-        total: np.ndarray,
-        types: np.ndarray,
-        suffix: np.ndarray,
-        depth: np.ndarray,
-    ) -> None:
-        self.vocab_size, self.order = vocab_size, order
-        keys, children = edges
-        # A sentinel key past every real one keeps searchsorted's answers inside the array.
-        self.edge_keys = np.append(keys, np.iinfo(np.int64).max)
-        self.edge_child = np.append(children, UNSEEN)
-        self.count, self.total, self.types, self.suffix, self.depth = count, total, types, suffix, depth
-        self.chain = np.full((count.size, order), UNSEEN, dtype=np.int64)  # node -> its suffixes by length
-        self.chain[ROOT, 0] = ROOT
-        self._chain(np.arange(2, count.size))
-        self._weigh()
-
-    def _chain(self, nodes: np.ndarray) -> None:
-        for d in range(1, self.order):  # a suffix is one shorter, so its chain is ready one level earlier
-            at = nodes[self.depth[nodes] == d]
-            self.chain[at] = self.chain[self.suffix[at]]
-            self.chain[at, d] = at
-
-    def _weigh(self) -> None:
-        # an unseen context (N = 0) passes the lower order through: weight 0, back-off factor 1
-        seen = self.types > 0
-        denominator = np.where(seen, self.total + self.types, 1.0)
-        inverse, backoff = (np.where(seen, 1.0 / denominator, 0.0)[self.chain],
-                            np.where(seen, self.types / denominator, 1.0)[self.chain])
-        later = np.ones_like(backoff)  # product of the back-off factors of the longer contexts
-        later[:, :-1] = np.cumprod(backoff[:, :0:-1], axis=1)[:, ::-1]
-        self.weights = inverse * later
-        self.base = later[:, 0] * backoff[:, 0] / self.vocab_size
-        self.context_keys = self.chain * self.vocab_size
-        self.edge_count = self.count[self.edge_child]
-
-    @classmethod
-    def from_tables(cls, vocab_size: int, tables: Sequence[dict[str, torch.Tensor]]) -> NGramTrie:
-        """The trie of ``CorpusNGram`` tables (table h: (h-token history, token) keys and h-token contexts)."""
-        v, order = vocab_size, len(tables)
-        # n-grams of each length L: keys of table L-1, contexts of table L, and every prefix of a longer one
-        grams: dict[int, np.ndarray] = {order + 1: np.zeros(0, dtype=np.int64)}
-        for length in range(order, 0, -1):
-            parts = [tables[length - 1]["keys"].numpy(), grams[length + 1] // v]
-            if length < order:
-                parts.append(tables[length]["contexts"].numpy())
-            grams[length] = np.unique(np.concatenate(parts))
-        first = {1: 2}  # node ids: ROOT, UNSEEN, then the n-grams by length
-        for length in range(1, order + 1):
-            first[length + 1] = first[length] + grams[length].size
-        nodes = first[order + 1]
-        count, total, types = np.zeros(nodes), np.zeros(nodes), np.zeros(nodes)
-        suffix, depth = np.full(nodes, UNSEEN), np.zeros(nodes, dtype=np.int64)
-
-        def node_of(length: int, values: np.ndarray) -> np.ndarray:
-            if not length:
-                return np.full(values.size, ROOT)
-            at = np.minimum(np.searchsorted(grams[length], values), grams[length].size - 1)
-            return np.where(grams[length][at] == values, at + first[length], UNSEEN)
-
-        keys, children = [], []
-        for h, table in enumerate(tables):  # table h: (h+1)-gram keys, h-gram contexts
-            count[node_of(h + 1, table["keys"].numpy())] = table["counts"].numpy()
-            contexts = node_of(h, table["contexts"].numpy())
-            total[contexts], types[contexts] = table["totals"].numpy(), table["types"].numpy()
-            gram, ids = grams[h + 1], np.arange(first[h + 1], first[h + 2])
-            keys.append(node_of(h, gram // v) * v + gram % v)
-            children.append(ids)
-            suffix[ids], depth[ids] = node_of(h, gram % v**h), h + 1
-        keys_all, children_all = np.concatenate(keys), np.concatenate(children)
-        by_key = np.argsort(keys_all)
-        edges = keys_all[by_key], children_all[by_key]
-        return cls(v, order, edges, count, total, types, suffix, depth)
-
-    def start(self, history: Sequence[int]) -> np.ndarray:
-        """The state of one beam that has read ``history``, found token by token as ``advance`` finds it."""
-        state = ROOT
-        for token in history[max(0, len(history) - (self.order - 1)) :]:
-            keys = self.context_keys[state, : self.order - 1] + token
-            at = self.edge_keys.searchsorted(keys)
-            longest = int((self.edge_keys[at] == keys).sum())
-            state = int(self.edge_child[at[longest - 1]]) if longest else ROOT
-        return np.array([state])
-
-    def score(self, state: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """[beams, candidates] probabilities, and what ``advance`` needs: where each (beam, candidate, context)
-        edge lies in the key array, and how many contexts of each (beam, candidate) it extends."""
-        # (take, matmul: the cheapest numpy calls for these tiny arrays; a position is all overhead)
-        keys = self.context_keys.take(state, axis=0)[:, None, :] + tokens[:, None]  # [beams, candidates, contexts]
-        at = self.edge_keys.searchsorted(keys)
-        hit = self.edge_keys.take(at) == keys
-        counts = self.edge_count.take(at) * hit
-        probs = np.matmul(counts, self.weights.take(state, axis=0)[:, :, None])[:, :, 0]
-        probs += self.base.take(state)[:, None]
-        # the suffixes of a node are nodes, so the hits of a (beam, candidate) are a prefix of its contexts
-        return probs, (at, hit[:, :, : self.order - 1].sum(axis=2))
-
-    def advance(self, found: tuple[np.ndarray, np.ndarray], picks: np.ndarray) -> np.ndarray:
-        """The states after the chosen (beam, candidate) pairs, ``picks`` indexing [beams, candidates] flat: the
-        longest context extended by the token that is a node, up to one token shorter than the order (the
-        longest context the model reads)."""
-        at, extended = found
-        longest = extended.take(picks)
-        child = self.edge_child.take(at.take(picks * self.order + longest - 1))
-        return np.where(longest > 0, child, ROOT)
-
-
-class OnlineNGram(NGramTrie):
-    """An ``NGramTrie`` learnt from a text as it grows: ``extend`` costs a few dict operations per token, one
-    merge of the new edges into the sorted key array and a refresh of the per-node weights."""
 
     def __init__(self, vocab_size: int, order: int) -> None:
         if order < 1:
@@ -219,51 +98,118 @@ class OnlineNGram(NGramTrie):
         self.reset()
 
     def reset(self) -> None:
-        nothing, pair = np.zeros(0, dtype=np.int64), np.zeros(2)
-        super().__init__(
-            self.vocab_size, self.order, (nothing, nothing), pair, pair.copy(), pair.copy(),
-            np.full(2, UNSEEN), np.zeros(2, dtype=np.int64),
-        )
-        self._edges: dict[int, int] = {}  # edge key -> child node, for extend
-        self._tail = [ROOT]  # the contexts at the end of the text, by length
+        self._count: dict[int, float] = {}  # edge key -> count of its n-gram
+        self._child: dict[int, int] = {}  # edge key -> child node
+        self._suffix, self._total, self._types = [ROOT], [0.0], [0.0]  # per node
+        # per (node, weight), cached: a table's trie keeps the nodes its searches met, at most all of them
+        self._terms: dict[tuple[int, float], tuple[Terms, float]] = {}
+        self._reach: dict[int, list[int]] = {}  # per node, cached (a node's suffixes never change)
+        self._tail = [ROOT]  # extend: the nodes of the text's last 0, 1, ... order - 1 tokens
 
     def extend(self, tokens: Sequence[int]) -> None:
-        v, nodes = self.vocab_size, self.count.size
-        parents, children, new_keys, new_suffix, new_depth = [], [], [], [], []
+        """Count ``tokens`` as the continuation of the text counted so far."""
+        v, count, child, total, types = self.vocab_size, self._count, self._child, self._total, self._types
         for token in tokens:
             tail, shorter = [ROOT], ROOT
-            for length, context in enumerate(self._tail):
+            for context in self._tail:
                 key = context * v + token
-                child = self._edges.get(key)
-                if child is None:
-                    child = self._edges[key] = nodes + len(new_keys)
-                    new_keys.append(key)
-                    new_suffix.append(shorter)
-                    new_depth.append(length + 1)
-                parents.append(context)
-                children.append(child)
-                if length + 1 < self.order:
-                    tail.append(child)
-                shorter = child
+                node = child.get(key)
+                if node is None:  # a new n-gram: a new node, whose suffix is the one just made or found
+                    node = child[key] = len(self._suffix)
+                    self._suffix.append(shorter)
+                    total.append(0.0)
+                    types.append(0.0)
+                    types[context] += 1.0
+                count[key] = count.get(key, 0.0) + 1.0
+                total[context] += 1.0
+                if len(tail) < self.order:
+                    tail.append(node)
+                shorter = node
             self._tail = tail
-        if not parents:
-            return
-        added = len(new_keys)
-        self.count, self.total, self.types = (np.pad(a, (0, added)) for a in (self.count, self.total, self.types))
-        self.suffix = np.append(self.suffix, np.array(new_suffix, dtype=np.int64))
-        self.depth = np.append(self.depth, np.array(new_depth, dtype=np.int64))
-        self.chain = np.pad(self.chain, ((0, added), (0, 0)), constant_values=UNSEEN)
-        np.add.at(self.count, children, 1.0)
-        np.add.at(self.total, parents, 1.0)
-        if added:
-            keys = np.array(new_keys, dtype=np.int64)
-            np.add.at(self.types, keys // v, 1.0)
-            by_key = np.argsort(keys)
-            at = np.searchsorted(self.edge_keys, keys[by_key])
-            self.edge_keys = np.insert(self.edge_keys, at, keys[by_key])
-            self.edge_child = np.insert(self.edge_child, at, np.arange(nodes, nodes + added)[by_key])
-            self._chain(np.arange(nodes, nodes + added))
-        self._weigh()
+        self._terms.clear()  # the weights changed
+
+    def _contexts(self, state: int) -> list[int]:
+        """The contexts a state stands for, longest first: itself, its suffix, ..., the root."""
+        chain = [state]
+        while chain[-1] != ROOT:
+            chain.append(self._suffix[chain[-1]])
+        return chain
+
+    def terms(self, state: int, weight: float = 1.0) -> tuple[Terms, float]:
+        """``weight`` * p(token | state) as terms (count look-up, edge key base node * V, W) per seen context and
+        a base. Cached per (state, weight) until the model changes."""
+        cached = self._terms.get((state, weight))
+        if cached is not None:
+            return cached
+        chain = self._contexts(state)[::-1]
+        seen = 0
+        while seen < len(chain) and self._types[chain[seen]] > 0:  # stop at the first context never seen
+            seen += 1
+        terms, later, get = [], weight, self._count.get  # later: the back-off factors of the longer contexts
+        for node in reversed(chain[:seen]):
+            denominator = self._total[node] + self._types[node]
+            terms.append((get, node * self.vocab_size, later / denominator))
+            later *= self._types[node] / denominator
+        cached = self._terms[state, weight] = terms, later / self.vocab_size
+        return cached
+
+    def advance(self, state: int, token: int) -> int:
+        """The state after ``token``: its longest context that extended by the token is a node (at most
+        ``order - 1`` tokens: the longest context the model reads)."""
+        reach = self._reach.get(state)
+        if reach is None:  # its contexts of at most order - 2 tokens, longest first, as edge key bases
+            chain = self._contexts(state)
+            reach = [node * self.vocab_size for node in chain[max(0, len(chain) - self.order + 1) :]]
+            self._reach[state] = reach
+        for key in reach:
+            node = self._child.get(key + token)
+            if node is not None:
+                return node
+        return ROOT
+
+    def start(self, history: Sequence[int]) -> int:
+        state = ROOT
+        for token in history[max(0, len(history) - (self.order - 1)) :]:
+            state = self.advance(state, token)
+        return state
+
+    @classmethod
+    def from_tables(cls, vocab_size: int, tables: Sequence[dict[str, torch.Tensor]]) -> NGramTrie:
+        """The trie of ``CorpusNGram`` tables (table h: (h-token history, token) keys and h-token contexts)."""
+        v, order = vocab_size, len(tables)
+        # n-grams of each length L: keys of table L-1, contexts of table L, prefixes and suffixes of longer ones
+        grams: dict[int, np.ndarray] = {order + 1: np.zeros(0, dtype=np.int64)}
+        for length in range(order, 0, -1):
+            longer = grams[length + 1]
+            parts = [tables[length - 1]["keys"].numpy(), longer // v, longer % v**length]
+            if length < order:
+                parts.append(tables[length]["contexts"].numpy())
+            grams[length] = np.unique(np.concatenate(parts))
+        first = {0: ROOT, 1: ROOT + 1}  # node ids: the root, then the n-grams by length
+        for length in range(1, order + 1):
+            first[length + 1] = first[length] + grams[length].size
+
+        def node_of(length: int, values: np.ndarray) -> np.ndarray:  # every value is a node
+            return np.searchsorted(grams[length], values) + first[length] if length else np.full(values.size, ROOT)
+
+        trie = cls(vocab_size, order)
+        nodes = first[order + 1]
+        suffix, total, types = np.full(nodes, ROOT), np.zeros(nodes), np.zeros(nodes)
+        keys, children, count_keys, counts = [], [], [], []
+        for h, table in enumerate(tables):  # table h: (h+1)-gram keys, h-gram contexts
+            contexts = node_of(h, table["contexts"].numpy())
+            total[contexts], types[contexts] = table["totals"].numpy(), table["types"].numpy()
+            gram, ids = grams[h + 1], np.arange(first[h + 1], first[h + 2])
+            keys.append(node_of(h, gram // v) * v + gram % v)
+            children.append(ids)
+            suffix[ids] = node_of(h, gram % v**h)
+            table_keys = table["keys"].numpy()
+            count_keys.append(node_of(h, table_keys // v) * v + table_keys % v)
+            counts.append(table["counts"].numpy().astype(np.float64))
+        trie._child = dict(zip(np.concatenate(keys).tolist(), np.concatenate(children).tolist()))
+        trie._count = dict(zip(np.concatenate(count_keys).tolist(), np.concatenate(counts).tolist()))
+        trie._suffix, trie._total, trie._types = suffix.tolist(), total.tolist(), types.tolist()
+        return trie
 
 
 class CorpusNGram:
@@ -319,7 +265,7 @@ class CorpusNGram:
         return cls(vocab_size, tables)
 
     def prob(self, history: Sequence[int], token: int) -> float:
-        return float(self.trie.score(self.trie.start(history), np.array([token]))[0][0, 0])
+        return mixture_probs(*self.trie.terms(self.trie.start(history)), [token])[0]
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -346,43 +292,50 @@ class NGramProxy:
     model: the online part knows this prompt's names, the corpus part how the text usually goes on).
 
     The engine resets it per generation and extends it with the prompt, then with each block of verified
-    tokens; the corpus part never changes. A beam's state is one row of node ids per model.
+    tokens; the corpus part never changes. A beam's state is its node in each model.
     """
 
     def __init__(
         self, vocab_size: int, order: int = 3, corpus: CorpusNGram | None = None, corpus_weight: float = 0.8
     ) -> None:
-        self.online = OnlineNGram(vocab_size, order)
+        self.online = NGramTrie(vocab_size, order)
         self.order = max(order, corpus.order if corpus else 1)
         self.vocab_size, self.corpus, self.corpus_weight = vocab_size, corpus, corpus_weight
-        # weight 0 leaves the corpus out of every sum: skip its look-ups
-        self._models = (self.online, corpus.trie) if corpus is not None and corpus_weight > 0 else (self.online,)
+        # (model, weight) pairs; weight 0 leaves the corpus out of every sum: skip its look-ups
+        self._models = [(self.online, 1.0)]
+        if corpus is not None and corpus_weight > 0:
+            self._models = [(self.online, 1.0 - corpus_weight), (corpus.trie, corpus_weight)]
+        self._terms: dict[tuple[int, ...], tuple[Terms, float]] = {}  # per state: both models' terms, weighted
 
     def reset(self) -> None:
         self.online.reset()
+        self._terms.clear()
 
     def extend(self, tokens: Sequence[int]) -> None:
         self.online.extend(tokens)
+        self._terms.clear()
 
-    def start(self, history: Sequence[int]) -> tuple[np.ndarray, ...]:
-        return tuple(model.start(history) for model in self._models)
+    def start(self, history: Sequence[int]) -> tuple[int, ...]:
+        return tuple(model.start(history) for model, _ in self._models)
 
-    def score(self, state: tuple[np.ndarray, ...], tokens: np.ndarray) -> tuple[np.ndarray, tuple[Any, ...]]:
-        (online, found), *corpus = (model.score(s, tokens) for model, s in zip(self._models, state))
-        if corpus:
-            w = self.corpus_weight
-            online = (1.0 - w) * online + w * corpus[0][0]
-            found = (found, corpus[0][1])
-        else:
-            found = (found,)
-        return np.log(online), found
+    def logprobs(self, state: tuple[int, ...], tokens: Sequence[int]) -> list[float]:
+        mixed = self._terms.get(state)
+        if mixed is None:  # the mixture as one list of terms: each model's, weighted
+            terms, base = [], 0.0
+            for (model, weight), node in zip(self._models, state):
+                model_terms, model_base = model.terms(node, weight)
+                terms += model_terms
+                base += model_base
+            mixed = self._terms[state] = terms, base
+        log = math.log
+        return [log(p) for p in mixture_probs(*mixed, tokens)]
 
-    def advance(self, found: tuple[Any, ...], picks: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(model.advance(f, picks) for model, f in zip(self._models, found))
+    def advance(self, state: tuple[int, ...], token: int) -> tuple[int, ...]:
+        return tuple(model.advance(node, token) for (model, _), node in zip(self._models, state))
 
     def logprob(self, history: Sequence[int], token: int) -> float:
         """log p(token | history), one question at a time (for inspection and tests)."""
-        return float(self.score(self.start(history), np.array([token]))[0][0, 0])
+        return self.logprobs(self.start(history), [token])[0]
 
 
 def prune_lattice(
@@ -393,28 +346,22 @@ def prune_lattice(
     EOS is always kept as a candidate. Positions after the first one whose most likely token is EOS are
     dropped: the drafter says the text ends there.
     """
-    m_max = min(max_candidates, logprobs.shape[-1])
-    eos = np.array(sorted(set(eos_token_ids)), dtype=np.int64)
-    top_logprobs, top_tokens = logprobs.float().topk(m_max, dim=-1)
-    # one transfer from the device: the top candidates, then each EOS
-    lps = torch.cat([top_logprobs, logprobs[:, eos].float()], dim=1).cpu().numpy().astype(np.float64)
-    top = top_tokens.cpu().numpy()
-    ends = np.flatnonzero(np.isin(top[:, 0], eos))
-    if ends.size:  # the drafter's best guess there is the end of the text
-        top, lps = top[: ends[0] + 1], lps[: ends[0] + 1]
-    probs = np.exp(lps[:, :m_max])
-    # m_i: candidates needed to reach tau (at least 1); the slack absorbs float rounding of the mass
-    m = np.maximum(((np.cumsum(probs, axis=1) - probs) < tau - 1e-6).sum(axis=1), 1)
-    kept = np.arange(m_max) < m[:, None]
-    missing = ~(kept[:, :, None] & (top[:, :, None] == eos)).any(axis=1)  # EOS not among the kept
-    valid = np.concatenate([kept, missing], axis=1)
-    tokens = np.concatenate([top, np.broadcast_to(eos, (top.shape[0], eos.size))], axis=1)
-    columns = np.argsort(~valid, axis=1, kind="stable")  # each row's candidates to its front, order kept
-    return Lattice(
-        np.take_along_axis(tokens, columns, axis=1),
-        np.take_along_axis(lps, columns, axis=1),
-        valid.sum(axis=1).tolist(),
-    )
+    eos = sorted(set(eos_token_ids))
+    top_logprobs, top_tokens = logprobs.float().topk(min(max_candidates, logprobs.shape[-1]), dim=-1)
+    eos_logprobs = logprobs[:, eos].float().tolist() if eos else [[]] * logprobs.shape[0]
+    lattice: Lattice = []
+    for tokens, lps, eos_lps in zip(top_tokens.tolist(), top_logprobs.tolist(), eos_logprobs):
+        m, mass = 0, 0.0
+        # m: candidates needed to reach tau (at least 1); the slack absorbs float rounding of the mass
+        while m < len(tokens) and (m == 0 or mass < tau - 1e-6):
+            mass += math.exp(lps[m])
+            m += 1
+        kept = tokens[:m]
+        missing = [(e, lp) for e, lp in zip(eos, eos_lps) if e not in kept]
+        lattice.append((kept + [e for e, _ in missing], lps[:m] + [lp for _, lp in missing]))
+        if tokens[0] in eos:
+            break  # the drafter's best guess here is the end of the text
+    return lattice
 
 
 def beam_search(
@@ -429,38 +376,51 @@ def beam_search(
     """The final beams through ``lattice``, best first by mean score per token; a path that takes EOS ends
     there (see the module docstring for why lengths are compared through the mean)."""
     eos = set(eos_token_ids)
-    drafter_terms = lam * lattice.logprobs
-    state = proxy.start(history)
-    scores, paths = np.zeros(1), [()]
+    if lam >= 1.0:  # the drafter alone: no proxy to ask
+        proxy = _Uniform()
+    # S / (1 - lam) ranks as S does, and saves scaling the proxy's term of every row
+    drafter_weight = lam / (1.0 - lam) if lam < 1.0 else 1.0
+    beams = [(0.0, (), proxy.start(history))]  # score, path, proxy state
     finished: list[tuple[float, tuple[int, ...]]] = []  # (mean score, path): the kept paths that took EOS
     length = 0
-    for length, size in enumerate(lattice.sizes, start=1):
-        tokens = lattice.tokens[length - 1, :size]
-        proxy_logprobs, found = proxy.score(state, tokens)
-        total = (scores[:, None] + (drafter_terms[length - 1, :size] + (1.0 - lam) * proxy_logprobs)).ravel()
-        values, candidates = total.tolist(), tokens.tolist()
-        expansions = [(values[j] / length, j) for j in np.argsort(-total, kind="stable")[:beam_width].tolist()]
-        # a stable sort with the finished paths first: they keep their place on a tie
-        ranked = sorted(finished + expansions, key=lambda entry: -entry[0])[:beam_width]
-        finished, kept, paths_kept = [], [], []
+    for length, (tokens, drafter_logprobs) in enumerate(lattice, start=1):
+        drafter_terms = [drafter_weight * lp for lp in drafter_logprobs]
+        totals: list[float] = []  # per (beam, candidate), flat
+        for score, _, state in beams:
+            totals += [score + d + p for d, p in zip(drafter_terms, proxy.logprobs(state, tokens))]
+        best = heapq.nlargest(beam_width, range(len(totals)), key=totals.__getitem__)  # stable on ties
+        ranked: list[tuple[float, Any]] = [(totals[j] / length, j) for j in best]
+        if finished:  # a stable sort with the finished paths first: they keep their place on a tie
+            ranked = sorted(finished + ranked, key=lambda entry: -entry[0])[:beam_width]
+        finished, kept = [], []
         for mean, j in ranked:
             if isinstance(j, tuple):  # a finished path
                 finished.append((mean, j))
                 continue
-            path = paths[j // size] + (candidates[j % size],)
-            if path[-1] in eos:
-                finished.append((mean, path))
+            score, path, state = beams[j // len(tokens)]
+            token = tokens[j % len(tokens)]
+            if token in eos:
+                finished.append((mean, path + (token,)))
             else:
-                kept.append(j)
-                paths_kept.append(path)
-        if not kept:
-            scores, paths = np.zeros(0), []
+                kept.append((totals[j], path + (token,), proxy.advance(state, token)))
+        beams = kept
+        if not beams:
             break
-        picks = np.array(kept)
-        scores, paths = total.take(picks), paths_kept
-        state = proxy.advance(found, picks)
-    final = finished + [(score / max(length, 1), path) for score, path in zip(scores.tolist(), paths)]
+    final = finished + [(score / max(length, 1), path) for score, path, _ in beams]
     return [list(path) for _, path in sorted(final, key=lambda entry: -entry[0])]
+
+
+class _Uniform:
+    """The proxy of a search that does not read one (lambda = 1): the same score for every candidate."""
+
+    def start(self, history: Sequence[int]) -> None:
+        return None
+
+    def logprobs(self, state: None, tokens: Sequence[int]) -> list[float]:
+        return [0.0] * len(tokens)
+
+    def advance(self, state: None, token: int) -> None:
+        return None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ import itertools
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,12 +22,11 @@ def logprobs(rows):
 
 def lattice_of(rows: list[list[tuple[int, float]]]) -> Lattice:
     """A lattice from per-position (token, probability) candidates."""
-    width = max(len(row) for row in rows)
-    tokens, lps = np.zeros((len(rows), width), dtype=np.int64), np.full((len(rows), width), -np.inf)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = [t for t, _ in row]
-        lps[i, : len(row)] = [math.log(p) for _, p in row]
-    return Lattice(tokens, lps, [len(row) for row in rows])
+    return [([t for t, _ in row], [math.log(p) for _, p in row]) for row in rows]
+
+
+def candidates(lattice: Lattice, position: int) -> list[tuple[int, float]]:
+    return list(zip(*lattice[position]))
 
 
 def witten_bell(text, order, vocab_size, history, token):
@@ -49,7 +47,7 @@ def path_score(path, lattice, proxy, history, lam):
     """S(path) / len(path): the drafter and proxy terms of every token, each read with its full history."""
     total = 0.0
     for i, token in enumerate(path):
-        drafter = dict(lattice.candidates(i))[token]
+        drafter = dict(candidates(lattice, i))[token]
         total += lam * drafter + (1 - lam) * proxy.logprob(tuple(history) + tuple(path[:i]), token)
     return total / len(path)
 
@@ -57,7 +55,7 @@ def path_score(path, lattice, proxy, history, lam):
 def all_paths(lattice):
     """Every path through the lattice; a path ends at its first EOS."""
     paths = set()
-    for full in itertools.product(*[[t for t, _ in lattice.candidates(i)] for i in range(len(lattice))]):
+    for full in itertools.product(*[[t for t, _ in candidates(lattice, i)] for i in range(len(lattice))]):
         end = next((i + 1 for i, t in enumerate(full) if t == EOS), len(full))
         paths.add(full[:end])
     return [list(p) for p in paths]
@@ -75,9 +73,9 @@ def test_prune_keeps_smallest_set_reaching_tau_and_always_eos():
         logprobs([[0.05, 0.5, 0.3, 0.1, 0.05], [0.01, 0.9, 0.05, 0.02, 0.02]]),
         tau=0.8, max_candidates=15, eos_token_ids=[EOS],
     )
-    assert [t for t, _ in lattice.candidates(0)] == [1, 2, EOS]  # 0.5 + 0.3 reaches 0.8; EOS added
-    assert [t for t, _ in lattice.candidates(1)] == [1, EOS]  # 0.9 alone reaches 0.8
-    assert lattice.candidates(0)[2][1] == pytest.approx(math.log(0.05))
+    assert [t for t, _ in candidates(lattice, 0)] == [1, 2, EOS]  # 0.5 + 0.3 reaches 0.8; EOS added
+    assert [t for t, _ in candidates(lattice, 1)] == [1, EOS]  # 0.9 alone reaches 0.8
+    assert candidates(lattice, 0)[2][1] == pytest.approx(math.log(0.05))
 
 
 def test_prune_caps_candidates_and_stops_after_eos_position():
@@ -85,8 +83,8 @@ def test_prune_caps_candidates_and_stops_after_eos_position():
     eos_first = [[0.6, 0.1, 0.1, 0.1, 0.1]]
     lattice = prune_lattice(logprobs(flat + eos_first + flat), tau=0.99, max_candidates=2, eos_token_ids=[EOS])
     assert len(lattice) == 2  # nothing after the position whose best token is EOS
-    assert len(lattice.candidates(0)) == 3  # capped at 2, plus EOS
-    tokens = [t for t, _ in lattice.candidates(1)]
+    assert len(candidates(lattice, 0)) == 3  # capped at 2, plus EOS
+    tokens = [t for t, _ in candidates(lattice, 1)]
     assert len(tokens) == 2 and tokens[0] == EOS and tokens[1] != EOS  # EOS kept once
 
 
