@@ -110,7 +110,8 @@ def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> 
     methods: dict[str, Runner] = {"ar": engine_runner(engine, "ar")}
     if "ar-drafter" in engine.modes:
         methods["ar-drafter"] = engine_runner(engine, "ar-drafter")
-        methods["hf-assisted"] = transformers_runner(engine, assistant_model=engine.ar_drafter_model)
+        if isinstance(engine.ar_drafter_model, torch.nn.Module):  # transformers needs the model itself
+            methods["hf-assisted"] = transformers_runner(engine, assistant_model=engine.ar_drafter_model)
     methods["prompt-lookup"] = engine_runner(engine, "prompt-lookup")
     methods["hf-prompt-lookup"] = transformers_runner(engine, prompt_lookup_num_tokens=10)
     if "diffuspec" in engine.modes:

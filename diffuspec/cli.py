@@ -147,6 +147,21 @@ def _align(args: argparse.Namespace) -> None:
 PROMPT_SETS = {"heldout": "prompts.jsonl", "short": "short_prompts.jsonl", "chat": "chat_prompts.jsonl"}
 
 
+def _replica_engine(name: str):
+    """A tiny random pair built in-process for a drafter family no hub can serve here (plumbing, not speed):
+    DiffusionGemma drafting for Gemma 4, with the embedded tokenizer."""
+    from transformers import AutoTokenizer
+
+    from .adapters import tiny_diffusion_gemma_pair
+    from .engine import DiffuSpec
+    from .loading import embedded_paths
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_paths()["target"])
+    target, drafter = tiny_diffusion_gemma_pair(len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id)
+    return DiffuSpec(target, drafter, tokenizer)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from .bench import default_methods, dlm_methods, markdown_table, run_benchmark, write_results
     from .loading import EMBEDDED_DIR
@@ -154,7 +169,7 @@ def _bench(args: argparse.Namespace) -> None:
     _require_positive(limit=args.limit, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
     source = args.spec_bench or args.prompts or (EMBEDDED_DIR / PROMPT_SETS[args.prompt_set])
     prompts = _read_prompts(source)[: args.limit]
-    engine = _load_engine(args)
+    engine = _replica_engine(args.replica) if args.replica else _load_engine(args)
     methods = {**default_methods(engine), **dlm_methods(engine)}
     chosen = args.methods or [name for name in methods if name not in ("dlm", "spiffy")]
     unknown = set(chosen) - set(methods)
@@ -227,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--drafter")
     bench.add_argument("--ar-drafter")
     bench.add_argument("--prompts", help="prompt file (default: the demo pair's prompt set, see --prompt-set)")
+    bench.add_argument("--replica", choices=["diffusion-gemma"],
+                       help="bench a tiny random replica pair built in-process instead of real models (plumbing)")
     bench.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="heldout",
                        help="the embedded pair's prompt sets: held-out corpus windows, one-line short prompts, or "
                        "chat-format prompts")

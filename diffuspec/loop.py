@@ -60,6 +60,7 @@ def speculative_decode(
     start = clock()
     if n > 1:  # the cache holds all committed tokens but the last
         _verify(target, cache, ids[: n - 1])
+        rollback(cache, 0)  # sliding layers keep only their window of the prompt
         stats.counts["target_forwards"] += 1
     if calibrate_up_to and not costs.verify.points:
         calibrate_verification(target, cache, ids[n - 1 : n], costs, clock, calibrate_up_to)
