@@ -325,15 +325,15 @@ class DiffuSpec:
         p = self._params(max_new_tokens, params, kwargs)
         return self._decode(self._prompt_ids(prompt), p)
 
-    async def astream(
+    def astream(
         self, prompt: str | Sequence[int], *, params: GenerationParams | None = None, **kwargs: Any
     ) -> AsyncIterator[StepEvent]:
         """``stream`` for async code: generation runs in a worker thread, the event loop keeps running, and
-        leaving the ``async for`` early (or cancelling) stops generation before the next step."""
+        leaving the ``async for`` early (or cancelling) stops generation before the next step. Arguments are
+        checked at the call, as for ``stream``."""
         p = self._params(None, params, kwargs)
         ids = self._prompt_ids(prompt)
-        async for event in aiterate(lambda: self._decode(ids, p)):
-            yield event
+        return aiterate(lambda: self._decode(ids, p))
 
     async def agenerate(
         self, prompt: str | Sequence[int], *, params: GenerationParams | None = None, **kwargs: Any

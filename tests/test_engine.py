@@ -219,3 +219,24 @@ def test_sampling_is_reproducible_with_seed(targets, drafter, tokenizer):
     alone = engine.generate("abc", max_new_tokens=30, temperature=1.0, seed=3, mode="ar")
     assert fixed.token_ids == a.token_ids == alone.token_ids
     assert torch.is_tensor(torch.tensor(a.token_ids))
+
+
+def test_slow_async_consumer_sees_each_steps_own_figures(targets, drafter, tokenizer):
+    """Events are snapshots: the worker thread runs ahead of a slow consumer without changing what it reads."""
+    import asyncio
+
+    engine = DiffuSpec(targets["llama"], drafter, tokenizer, DiffuSpecConfig(draft_length=3))
+
+    async def slowly():
+        seen = []
+        async for event in engine.astream("abc", max_new_tokens=30):
+            await asyncio.sleep(0.02)  # the worker has taken more steps by now
+            seen.append((event.stats.steps, event.stats.new_tokens, len(event.token_ids)))
+        return seen
+
+    seen = asyncio.run(slowly())
+    assert [steps for steps, _, _ in seen] == list(range(1, len(seen) + 1))
+    running = 0
+    for _, new_tokens, committed in seen:
+        running += committed
+        assert new_tokens == running

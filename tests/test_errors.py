@@ -68,6 +68,8 @@ def test_bad_requests(engine, kwargs, message):
     kwargs = {"prompt": "abc", **kwargs}
     with pytest.raises(DiffuSpecError, match=message):
         engine.stream(**kwargs)  # raised at the call, before any iteration
+    with pytest.raises(DiffuSpecError, match=message):
+        engine.astream(**kwargs)  # async too: at the call, not at the first iteration
     assert engine.generate("abc", max_new_tokens=3).token_ids  # and the engine still works
 
 
