@@ -259,6 +259,8 @@ def test_paths_are_distinct_and_best_first():
     assert scores == sorted(scores, reverse=True)
     assert search.paths(lp, [3, 4], proxy, [EOS], 1) == [search(lp, [3, 4], proxy, [EOS])]
     assert search.paths(lp, [3, 4], proxy, [EOS], 2)[0] == search(lp, [3, 4], proxy, [EOS])
+    with pytest.raises(DiffuSpecError, match="n >= 1"):
+        search.paths(lp, [3, 4], proxy, [EOS], 0)
 
 
 def test_cps_disabled_is_argmax():
