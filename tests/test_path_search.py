@@ -62,7 +62,7 @@ def all_paths(lattice):
 
 
 SEQUENCE = [1, 2, 3, 1, 2, 4, 1, 2, 3, 5, 1, 2, 3]
-HISTORIES = [(), (2,), (1, 2), (5, 5), (3, 1, 2), (4,), (9, 1, 2)]
+HISTORIES = [(), (2,), (1, 2), (5, 5), (3, 1, 2), (4,), (0, 1, 2)]
 
 
 # ----- pruning ---------------------------------------------------------------------------------------------
@@ -140,7 +140,9 @@ def test_shipped_corpus_table_loads_and_reads_its_tables():
     corpus = CorpusNGram.load(SHIPPED_TABLE)
     v = corpus.vocab_size
     counts = [dict(zip(t["keys"].tolist(), t["counts"].tolist())) for t in corpus.tables]
-    contexts = [dict(zip(t["contexts"].tolist(), zip(t["totals"].tolist(), t["types"].tolist()))) for t in corpus.tables]
+    contexts = [
+        dict(zip(t["contexts"].tolist(), zip(t["totals"].tolist(), t["types"].tolist()))) for t in corpus.tables
+    ]
 
     def reference(history, token):
         prob, context = 1.0 / v, 0
