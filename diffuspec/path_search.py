@@ -48,7 +48,7 @@ class CausalProxy(Protocol):
     """A cheap left-to-right scorer, fed the committed text as it grows.
 
     A beam's state is opaque to the search: ``start`` gives the state of one that has read ``history``,
-    ``logprobs`` scores a position's candidates after it and ``advance`` moves it past one token.
+    ``probs`` gives p(candidate | state) for a position's candidates, ``advance`` moves it past one token.
     """
 
     order: int  # how many tokens of history it reads, the scored token included
@@ -59,7 +59,7 @@ class CausalProxy(Protocol):
 
     def start(self, history: Sequence[int]) -> Any: ...
 
-    def logprobs(self, state: Any, tokens: Sequence[int]) -> list[float]: ...
+    def probs(self, state: Any, tokens: Sequence[int]) -> list[float]: ...
 
     def advance(self, state: Any, token: int) -> Any: ...
 
@@ -102,7 +102,8 @@ class NGramTrie:
         self._suffix, self._total, self._types = [ROOT], [0.0], [0.0]  # per node
         # per (node, weight), cached: a table's trie keeps the nodes its searches met, at most all of them
         self._terms: dict[tuple[int, float], tuple[Terms, float]] = {}
-        self._reach: dict[int, list[int]] = {}  # per node, cached (a node's suffixes never change)
+        self._chains: dict[int, list[int]] = {}  # per node, cached (a node's suffixes never change)
+        self._reach: dict[int, list[int]] = {}
         self._tail = [ROOT]  # extend: the nodes of the text's last 0, 1, ... order - 1 tokens
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -128,10 +129,14 @@ class NGramTrie:
         self._terms.clear()  # the weights changed
 
     def _contexts(self, state: int) -> list[int]:
-        """The contexts a state stands for, longest first: itself, its suffix, ..., the root."""
-        chain = [state]
-        while chain[-1] != ROOT:
-            chain.append(self._suffix[chain[-1]])
+        """The contexts a state stands for, shortest first: the root, ..., its suffix, itself (cached: a
+        node's suffixes never change)."""
+        chain = self._chains.get(state)
+        if chain is None:
+            chain = [state]
+            while chain[-1] != ROOT:
+                chain.append(self._suffix[chain[-1]])
+            chain = self._chains[state] = chain[::-1]
         return chain
 
     def terms(self, state: int, weight: float = 1.0) -> tuple[Terms, float]:
@@ -140,7 +145,7 @@ class NGramTrie:
         cached = self._terms.get((state, weight))
         if cached is not None:
             return cached
-        chain = self._contexts(state)[::-1]
+        chain = self._contexts(state)
         seen = 0
         while seen < len(chain) and self._types[chain[seen]] > 0:  # stop at the first context never seen
             seen += 1
@@ -157,8 +162,7 @@ class NGramTrie:
         ``order - 1`` tokens: the longest context the model reads)."""
         reach = self._reach.get(state)
         if reach is None:  # its contexts of at most order - 2 tokens, longest first, as edge key bases
-            chain = self._contexts(state)
-            reach = [node * self.vocab_size for node in chain[max(0, len(chain) - self.order + 1) :]]
+            reach = [node * self.vocab_size for node in self._contexts(state)[: self.order - 1][::-1]]
             self._reach[state] = reach
         for key in reach:
             node = self._child.get(key + token)
@@ -317,7 +321,7 @@ class NGramProxy:
     def start(self, history: Sequence[int]) -> tuple[int, ...]:
         return tuple(model.start(history) for model, _ in self._models)
 
-    def logprobs(self, state: tuple[int, ...], tokens: Sequence[int]) -> list[float]:
+    def probs(self, state: tuple[int, ...], tokens: Sequence[int]) -> list[float]:
         mixed = self._terms.get(state)
         if mixed is None:  # the mixture as one list of terms: each model's, weighted
             terms, base = [], 0.0
@@ -326,15 +330,14 @@ class NGramProxy:
                 terms += model_terms
                 base += model_base
             mixed = self._terms[state] = terms, base
-        log = math.log
-        return [log(p) for p in _probs_from_terms(*mixed, tokens)]
+        return _probs_from_terms(*mixed, tokens)
 
     def advance(self, state: tuple[int, ...], token: int) -> tuple[int, ...]:
-        return tuple(model.advance(node, token) for (model, _), node in zip(self._models, state))
+        return tuple([model.advance(node, token) for (model, _), node in zip(self._models, state)])
 
     def logprob(self, history: Sequence[int], token: int) -> float:
         """log p(token | history), one question at a time (for inspection and tests)."""
-        return self.logprobs(self.start(history), [token])[0]
+        return math.log(self.probs(self.start(history), [token])[0])
 
 
 def prune_lattice(
@@ -374,7 +377,7 @@ def beam_search(
 ) -> list[list[int]]:
     """The final beams through ``lattice``, best first by mean score per token; a path that takes EOS ends
     there (see the module docstring for why lengths are compared through the mean)."""
-    eos = set(eos_token_ids)
+    eos, log = set(eos_token_ids), math.log
     if lam >= 1.0:  # the drafter alone: no proxy to ask
         proxy = _Uniform()
     # S / (1 - lam) ranks as S does, and saves scaling the proxy's term of every row
@@ -386,7 +389,7 @@ def beam_search(
         drafter_terms = [drafter_weight * lp for lp in drafter_logprobs]
         totals: list[float] = []  # per (beam, candidate), flat
         for score, _, state in beams:
-            totals += [score + d + p for d, p in zip(drafter_terms, proxy.logprobs(state, tokens))]
+            totals += [score + d + log(p) for d, p in zip(drafter_terms, proxy.probs(state, tokens))]
         best = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)[:beam_width]  # stable on ties
         ranked: list[tuple[float, Any]] = [(totals[j] / length, j) for j in best]
         if finished:  # a stable sort with the finished paths first: they keep their place on a tie
@@ -415,8 +418,8 @@ class _Uniform:
     def start(self, history: Sequence[int]) -> None:
         return None
 
-    def logprobs(self, state: None, tokens: Sequence[int]) -> list[float]:
-        return [0.0] * len(tokens)
+    def probs(self, state: None, tokens: Sequence[int]) -> list[float]:
+        return [1.0] * len(tokens)
 
     def advance(self, state: None, token: int) -> None:
         return None
