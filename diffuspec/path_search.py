@@ -102,7 +102,8 @@ class NGramTrie:
         self._suffix, self._total, self._types = [ROOT], [0.0], [0.0]  # per node
         # per (node, weight), cached: a table's trie keeps the nodes its searches met, at most all of them
         self._terms: dict[tuple[int, float], tuple[Terms, float]] = {}
-        self._chains: dict[int, list[int]] = {}  # per node, cached (a node's suffixes never change)
+        # per node, cached for good: a node's suffixes never change
+        self._chains: dict[int, list[int]] = {}
         self._reach: dict[int, list[int]] = {}
         self._tail = [ROOT]  # extend: the nodes of the text's last 0, 1, ... order - 1 tokens
 
@@ -304,10 +305,9 @@ class NGramProxy:
         self.online = NGramTrie(vocab_size, order)
         self.order = max(order, corpus.order if corpus else 1)
         self.vocab_size, self.corpus, self.corpus_weight = vocab_size, corpus, corpus_weight
-        # (model, weight) pairs; weight 0 leaves the corpus out of every sum: skip its look-ups
-        self._models = [(self.online, 1.0)]
-        if corpus is not None and corpus_weight > 0:
-            self._models = [(self.online, 1.0 - corpus_weight), (corpus.trie, corpus_weight)]
+        # (model, weight) pairs; a model of weight 0 is left out of every sum: no look-ups for it
+        mixture = [(self.online, 1.0 - corpus_weight), (corpus.trie, corpus_weight)] if corpus else [(self.online, 1.0)]
+        self._models = [(model, weight) for model, weight in mixture if weight > 0]
         self._terms: dict[tuple[int, ...], tuple[Terms, float]] = {}  # per state: both models' terms, weighted
 
     def reset(self) -> None:
