@@ -1,4 +1,5 @@
-"""The shipped demo pair: loads with plain transformers Auto classes and is lossless on held-out prompts."""
+"""The shipped pair: loads with plain transformers Auto classes, carries its chat template, fits the size
+budget, and is lossless on held-out code, short and chat prompts."""
 
 import json
 
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from diffuspec import DiffuSpec
 from diffuspec.cli import main
 from diffuspec.loading import EMBEDDED_DIR, embedded_paths
+from diffuspec.training import read_prompts
 
 
 def test_shipped_files_load_with_auto_classes():
@@ -26,21 +28,32 @@ def test_shipped_files_load_with_auto_classes():
     assert total < 42 * 2**20
 
 
+def test_shipped_tokenizer_has_a_chat_template_with_tools():
+    tokenizer = AutoTokenizer.from_pretrained(embedded_paths()["target"])
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather.",
+                                               "parameters": {"properties": {"city": {"type": "string"}}}}}]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Weather in Oslo?"}], tools=tools,
+                                        add_generation_prompt=True)
+    text = tokenizer.decode(ids)
+    assert "get_weather(city: string)" in text and text.endswith("<|assistant|>\n")
+    assert len(read_prompts(EMBEDDED_DIR / "short_prompts.jsonl")) == 32
+
+
 @pytest.fixture(scope="module")
 def engine():
     return DiffuSpec.from_pretrained(device="cpu")
 
 
-def test_greedy_equality_on_heldout_prompts(engine):
-    prompts = [json.loads(line)["prompt"] for line in (EMBEDDED_DIR / "prompts.jsonl").read_text().splitlines()]
+@pytest.mark.parametrize("prompts", ["prompts.jsonl", "short_prompts.jsonl", "chat_prompts.jsonl"])
+def test_greedy_equality_on_heldout_prompts(engine, prompts):
     steps = accepted = 0
-    for prompt in prompts[:4]:
+    for prompt in read_prompts(EMBEDDED_DIR / prompts)[:3]:
         ids = torch.tensor([engine.tokenizer(prompt)["input_ids"]])
         reference = engine.target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                           max_new_tokens=64, pad_token_id=engine.tokenizer.pad_token_id)
-        out = engine.generate(prompt, max_new_tokens=64)
-        assert out.token_ids == reference[0, ids.shape[1]:].tolist()
-        assert engine.generate(prompt, max_new_tokens=64, mode="ar-drafter").token_ids == out.token_ids
+                                           max_new_tokens=48, pad_token_id=engine.tokenizer.pad_token_id)
+        out = engine.generate(prompt, max_new_tokens=48)
+        assert out.token_ids == reference[0, ids.shape[1]:].tolist()  # EOS included, as generate writes it
+        assert engine.generate(prompt, max_new_tokens=48, mode="ar-drafter").token_ids == out.token_ids
         steps, accepted = steps + out.stats.steps, accepted + out.stats.accepted_tokens
     assert accepted / steps > 1.0  # the aligned drafter is far better than chance
 
