@@ -77,9 +77,10 @@ def test_query_engine_on_the_demo_pair(settings, monkeypatch):
     response = _index().as_query_engine(response_mode="simple_summarize").query(QUESTION)
     assert isinstance(response.response, str) and len(response.source_nodes) == 2
     # Packed by the engine's own token counts, the prompt fits the window with about num_output to spare (a few
-    # tokens either way: text counted in pieces tokenizes a little differently from the whole).
+    # tokens either way: text counted in pieces tokenizes a little differently from the whole, and the chat
+    # template's turn markers add about 20).
     window, room = llm.metadata.context_window, llm.metadata.num_output
-    assert lengths and all(window - room - 16 <= n < window - room + 16 for n in lengths)
+    assert lengths and all(window - room - 16 <= n < window - room + 24 for n in lengths)
 
 
 def test_default_compact_query_engine_with_room_for_it(settings, demo_tokenizer):
