@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONTEXT, MASK, _init, char_tokenizer, hf_greedy, make_target
+from tiny_models import CONTEXT, MASK, _init, char_tokenizer, hf_greedy, make_target
 from remote_replicas import write_replica
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModel, Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast

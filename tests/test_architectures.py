@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 import transformers as hf
-from conftest import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter
+from tiny_models import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter
 from test_sampling import NEW_TOKENS as SAMPLED_TOKENS
 from test_sampling import exact_sequence_distribution, goodness_of_fit
 

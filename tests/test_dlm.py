@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import EOS, MASK, char_tokenizer, make_diffusion_drafter
+from tiny_models import EOS, MASK, char_tokenizer, make_diffusion_drafter
 from scipy.stats import chisquare
 
 from diffuspec.config import DiffuSpecError

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import CONTEXT, hf_greedy, make_diffusion_drafter
+from tiny_models import CONTEXT, hf_greedy, make_diffusion_drafter
 
 from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, DiffuSpecError, Draft, Drafter
 from diffuspec.path_search import CorpusNGram

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import CONTEXT, char_tokenizer, hf_greedy, make_diffusion_drafter
+from tiny_models import CONTEXT, char_tokenizer, hf_greedy, make_diffusion_drafter
 
 from diffuspec import DiffuSpec, DiffuSpecConfig, DiffuSpecError, GenerationParams
 from diffuspec.config import MODES

@@ -3,7 +3,7 @@ one DiffuSpecError naming the path and the fix, and no progress bars unless aske
 
 import pytest
 import torch
-from conftest import char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
+from tiny_models import char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 from transformers.utils import logging as hf_logging
 
 from diffuspec import DiffuSpec, DiffuSpecError

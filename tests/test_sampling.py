@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
+from tiny_models import char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 from scipy.stats import chisquare
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

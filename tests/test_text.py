@@ -5,7 +5,7 @@ directly and through every mode of the engine, on tiny models and on the embedde
 import itertools
 
 import pytest
-from conftest import hf_greedy
+from tiny_models import hf_greedy
 from tokenizers import Tokenizer, decoders, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 import transformers as hf
-from conftest import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
+from tiny_models import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 from test_architectures import _family
 from test_sampling import NEW_TOKENS, SAMPLING, TRIALS, exact_sequence_distribution, goodness_of_fit
 
