@@ -104,7 +104,10 @@ class AcceptanceEstimate:
     """Per-position conditional acceptance alpha_i, from decayed counts with a weak prior.
 
     A step that drafted d tokens and had m accepted tried positions 0..min(m, d - 1) and accepted 0..m-1; a
-    censored observation (we only know the first ``tried`` positions) counts just those.
+    censored observation (we only know the first ``tried`` positions) counts just those. Each position shrinks
+    towards the pooled rate of all positions (itself shrunk towards ``prior``), so a position never drafted yet
+    is expected to do about as well as those that were: a fixed prior there would make short drafts look safest
+    and keep the policy from ever trying longer ones.
     """
 
     def __init__(self, length: int, prior: float = 0.5, prior_weight: float = 2.0, decay: float = 0.95) -> None:
@@ -121,13 +124,16 @@ class AcceptanceEstimate:
             self.accepted[i] += i < accepted
 
     def alphas(self) -> list[float]:
-        w, p = self.prior_weight, self.prior
-        return [(a + w * p) / (t + w) for a, t in zip(self.accepted, self.tried)]
+        w = self.prior_weight
+        pooled = (sum(self.accepted) + w * self.prior) / (sum(self.tried) + w)
+        return [(a + w * pooled) / (t + w) for a, t in zip(self.accepted, self.tried)]
 
 
 class CostCurve:
-    """Seconds as a function of a size (tokens drafted or verified): an EMA per measured size, read between
-    sizes by linear interpolation and beyond them by the nearest end's slope (flat when one point is known)."""
+    """Seconds as a function of a size (tokens drafted or verified): an EMA per measured size, made
+    non-decreasing in size (pool-adjacent-violators: a busy machine's noise must not make a longer pass look
+    cheaper than a shorter one), read between sizes by linear interpolation and beyond them by the nearest
+    segment's slope (flat when one size is known)."""
 
     def __init__(self, smoothing: float = 0.2) -> None:
         self.points: dict[int, float] = {}
@@ -139,21 +145,32 @@ class CostCurve:
 
     def table(self, largest: int) -> list[float]:
         """[cost(0), ..., cost(largest)]."""
-        xs = sorted(self.points)
-        return [self._at(size, xs) for size in range(largest + 1)]
+        xs, ys = self._fitted()
+        return [_read(size, xs, ys) for size in range(largest + 1)]
 
     def __call__(self, size: int) -> float:
-        return self._at(size, sorted(self.points))
+        return _read(size, *self._fitted())
 
-    def _at(self, size: int, xs: list[int]) -> float:
-        if not xs:
-            return 0.0
-        if size in self.points or len(xs) == 1:
-            return self.points.get(size, self.points[xs[0]])
-        i = min(max(bisect.bisect(xs, size), 1), len(xs) - 1)  # the knots (xs[i-1], xs[i]) around or nearest
-        lo, hi = xs[i - 1], xs[i]
-        slope = (self.points[hi] - self.points[lo]) / (hi - lo)
-        return max(0.0, self.points[lo] + slope * (size - lo))
+    def _fitted(self) -> tuple[list[int], list[float]]:
+        xs = sorted(self.points)
+        blocks: list[list[float]] = []  # [sum, count] of pooled neighbours
+        for x in xs:
+            blocks.append([self.points[x], 1])
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+                total, count = blocks.pop()
+                blocks[-1][0] += total
+                blocks[-1][1] += count
+        return xs, [total / count for total, count in blocks for _ in range(int(count))]
+
+
+def _read(size: int, xs: list[int], ys: list[float]) -> float:
+    if not xs:
+        return 0.0
+    if len(xs) == 1:
+        return ys[0]
+    i = min(max(bisect.bisect(xs, size), 1), len(xs) - 1)  # the knots (xs[i-1], xs[i]) around or nearest
+    slope = (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
+    return max(0.0, ys[i - 1] + slope * (size - xs[i - 1]))
 
 
 @dataclass

@@ -113,9 +113,11 @@ def test_acceptance_estimate_counts_tried_positions_only():
     estimate = AcceptanceEstimate(4, prior=0.5, prior_weight=2.0, decay=1.0)
     assert estimate.alphas() == [0.5] * 4
     estimate.observe(accepted=2, tried=3)  # positions 0, 1 accepted, 2 rejected, 3 never tried
-    assert estimate.alphas() == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0.5])
+    pooled = (2 + 1) / (3 + 2)  # all positions together, shrunk to the prior; each position shrinks to it
+    assert estimate.alphas() == pytest.approx([(1 + 2 * pooled) / 3] * 2 + [2 * pooled / 3, pooled])
     estimate.observe(accepted=0, tried=1)
-    assert estimate.alphas() == pytest.approx([2 / 4, 2 / 3, 1 / 3, 0.5])
+    pooled = (2 + 1) / (4 + 2)
+    assert estimate.alphas() == pytest.approx([(1 + 2 * pooled) / 4, (1 + 2 * pooled) / 3, 2 * pooled / 3, pooled])
 
 
 def test_acceptance_estimate_forgets_old_steps():
@@ -123,7 +125,8 @@ def test_acceptance_estimate_forgets_old_steps():
     estimate.observe(accepted=0, tried=2)
     estimate.observe(accepted=2, tried=2)
     # decayed counts: tried 0.5 + 1 = 1.5, accepted 0 * 0.5 + 1 = 1 at both positions
-    assert estimate.alphas() == pytest.approx([(1 + 1) / (1.5 + 2)] * 2)
+    pooled = (2 + 1) / (3 + 2)
+    assert estimate.alphas() == pytest.approx([(1 + 2 * pooled) / (1.5 + 2)] * 2)
 
 
 def test_cost_curve_interpolates_and_extrapolates():
@@ -138,6 +141,8 @@ def test_cost_curve_interpolates_and_extrapolates():
     curve.observe(6, 16.0)  # an EMA per size
     assert curve(6) == pytest.approx(14.0)
     assert curve(4) == pytest.approx(9.0)
-    curve.observe(3, 3.0)  # three knots: each size reads the segment around it
-    assert [curve(s) for s in (2, 3, 4, 6, 8)] == pytest.approx([4.0, 3.0, 6.667, 14.0, 21.333], abs=1e-3)
+    curve.observe(3, 3.0)  # cheaper than size 2: noise; the two are pooled so the curve never falls
+    assert [curve(s) for s in (2, 3, 4, 6, 8)] == pytest.approx([3.5, 3.5, 7.0, 14.0, 21.0])
+    curve.observe(4, 9.0)  # three rising knots: each size reads the segment around it
+    assert [curve(s) for s in (3, 4, 5, 6)] == pytest.approx([3.5, 9.0, 11.5, 14.0])
     assert curve.table(8) == pytest.approx([curve(s) for s in range(9)])
