@@ -10,11 +10,11 @@ lists every node after one of its parents.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 
 import torch
 
@@ -36,9 +36,7 @@ class Ranking:
     probs: list[list[float]]  # [m][token_ranks] their guide probabilities
 
     @classmethod
-    def of(
-        cls, block: torch.Tensor, guide: Guide, mask_token_id: int, token_ranks: int
-    ) -> Ranking:
+    def of(cls, block: torch.Tensor, guide: Guide, mask_token_id: int, token_ranks: int) -> Ranking:
         """Rank ``block``'s masked positions by ``guide``, the distribution of an earlier state of it."""
         guide_block, guide_probs = guide
         guide_masked = (guide_block == mask_token_id).nonzero().squeeze(1)
@@ -50,11 +48,11 @@ class Ranking:
 
     def picks(self, block: torch.Tensor, later: torch.Tensor) -> Node | None:
         """``later`` (a state reached from ``block``) as picks, or None when a token is beyond the ranks."""
-        later_tokens = later.tolist()
+        before, after = block.tolist(), later.tolist()
         node = []
         for rank, position in enumerate(self.positions):
-            token = later_tokens[position]
-            if token != int(block[position]):
+            token = after[position]
+            if token != before[position]:
                 if token not in self.tokens[rank]:
                     return None
                 node.append((rank, self.tokens[rank].index(token)))
@@ -71,7 +69,6 @@ class GraphShape:
 
     def __post_init__(self) -> None:
         n = self.tokens_per_step
-        index = {node: i for i, node in enumerate(self.nodes)}
         parents = []
         for i, node in enumerate(self.nodes):
             ranks = [rank for rank, _ in node]
@@ -80,15 +77,14 @@ class GraphShape:
             if len(node) == n:
                 parents.append(())
                 continue
-            above = tuple(
-                index[sub] for sub in _subsets_one_step_up(node, n) if sub in index and index[sub] < i
-            )
+            above = tuple(j for j in range(i) if _is_parent(self.nodes[j], node, n))
             if not above:
                 raise ValueError(f"draft node {node} comes before every parent it could have")
             parents.append(above)
         object.__setattr__(self, "parents", tuple(parents))
 
     @classmethod
+    @functools.lru_cache(maxsize=64)
     def default(cls, size: int, depth: int, tokens_per_step: int, token_ranks: int) -> GraphShape:
         """Without calibration: the ``size`` likeliest nodes under a prior fitted to the demo drafter's greedy
         paths, where reaching a node costs a factor per step, per rank its positions lie below the most
@@ -108,7 +104,7 @@ class GraphShape:
         for _, _, node in sorted(candidates):  # a parent sorts before its children (at least as likely, shallower)
             if len(nodes) == size:
                 break
-            if _has_parent(node, nodes, n):
+            if len(node) == n or any(_is_parent(parent, node, n) for parent in nodes):
                 nodes.append(node)
         return cls(n, tuple(nodes))
 
@@ -165,13 +161,9 @@ def geometric_mean(probs: Sequence[float]) -> float:
     return math.exp(sum(math.log(max(p, 1e-30)) for p in probs) / len(probs))
 
 
-def _subsets_one_step_up(node: Node, n: int) -> list[Node]:
-    """Every node ``n`` picks smaller that ``node`` contains."""
-    return [tuple(sorted(set(node) - set(dropped))) for dropped in combinations(node, n)]
-
-
-def _has_parent(node: Node, nodes: list[Node], n: int) -> bool:
-    return len(node) == n or any(sub in nodes for sub in _subsets_one_step_up(node, n))
+def _is_parent(parent: Node, node: Node, n: int) -> bool:
+    """Whether ``node`` is ``parent`` plus one step of ``n`` picks."""
+    return len(parent) == len(node) - n and set(parent) <= set(node)
 
 
 def _lifts(k: int, max_lift: int) -> list[tuple[int, ...]]:

@@ -59,7 +59,9 @@ class BlockRows:
     def _packed(self, committed: torch.Tensor, rows: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         n_rows, width = rows.shape
         if self.cache is None:
-            self.cache = DynamicCache(config=self.model.config)
+            # Full layers only (no config): the explicit mask says what each token sees, and a sliding-window
+            # layer would drop keys the mask still names.
+            self.cache = DynamicCache()
         pending = committed[self.cached : committed.numel() - 1]  # committed since the last call, minus the last
         before = self.cached + pending.numel()  # what every row sees: the cache plus the pending tokens
         row_of = torch.arange(n_rows, device=rows.device).repeat_interleave(width)
