@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # ----- ADL (the paper's rule) ----------------------------------------------------------------------------
@@ -214,11 +215,12 @@ class StepFeedback:
     best_path_match: int | None = None  # on a tree step, how much of the best path alone was accepted
 
 
-class LengthPolicy:
+class LengthPolicy(ABC):
     """Per-request state of one policy; ``choose`` sizes the next draft, ``observe`` folds in its outcome."""
 
+    @abstractmethod
     def choose(self, room: int) -> LengthChoice:
-        raise NotImplementedError
+        """The next draft's length (at most ``room``), whether to search, how many paths."""
 
     def observe(self, feedback: StepFeedback) -> None:
         """Default: nothing to learn."""

@@ -6,7 +6,6 @@ A module name of its own: the integrations' tests have a conftest.py too, and tw
 
 from __future__ import annotations
 
-import asyncio
 import string
 
 import pytest
@@ -102,24 +101,3 @@ def targets(tokenizer):
 @pytest.fixture(scope="session")
 def drafter(tokenizer):
     return make_diffusion_drafter(len(tokenizer))
-
-
-def run_while_ticking(make_coroutine):
-    """Run ``make_coroutine()`` on a fresh event loop beside a 5 ms ticker; return (its result, ticks).
-    Few ticks mean the coroutine blocked the loop."""
-
-    async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.005)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        result = await make_coroutine()
-        task.cancel()
-        return result, ticks
-
-    return asyncio.run(main())

@@ -15,7 +15,6 @@ import os
 import random
 import sysconfig
 import zlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
