@@ -134,6 +134,15 @@ def test_spiffy_saves_forwards(model, tokenizer, shifted):
     assert saved > 0
 
 
+def test_pruning_drops_unlikely_drafts_not_output(model, tokenizer):
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    runs = {prune: decode(spiffy_steps, model, ids, 16, shifted=False, block_length=8, steps_per_block=8,
+                          prune_below=prune) for prune in (0.0, 0.25, 0.9)}
+    assert runs[0.0][0] == runs[0.25][0] == runs[0.9][0]
+    assert runs[0.0][3] > runs[0.25][3] > runs[0.9][3]  # draft states evaluated
+    assert runs[0.9][3] == 0  # no top probability of the random model reaches 0.9
+
+
 @pytest.mark.parametrize("prefix_cache", [True, False])
 def test_spiffy_sampled_equals_dlm_under_one_seed(model, tokenizer, prefix_cache):
     ids = tokenizer(PROMPTS[1])["input_ids"]

@@ -20,10 +20,13 @@ class DLMSettings:
     under the same value.
 
     Spiffy evaluates up to ``graph_size`` draft states beside the real one per forward. Without a calibrated
-    ``graph`` (``calibrate_graph``) it drafts the default shape: the most likely unmasking order,
-    ``graph_depth`` steps deep, with alternatives from the second most likely tokens and positions. Drafts whose
-    geometric-mean candidate probability is below ``prune_below`` are dropped (Spiffy v4's dynamic pruning).
-    Defaults measured on the demo drafter (see the README).
+    ``graph`` (``calibrate_graph``) it drafts the likeliest nodes under a prior fitted to the demo drafter
+    (``GraphShape.default``), at most ``graph_depth`` steps deep, with each position's ``token_ranks`` likeliest
+    tokens. Drafts whose geometric-mean candidate probability is below ``prune_below`` are dropped (Spiffy v4's
+    dynamic pruning). Measured on the demo drafter (8 prompts, 64 tokens, greedy, block 16, 16 steps): graph_size
+    8 takes 0.48x dlm's forwards; every draft row costs compute, so on a 2-core CPU graph_size 3 is faster (0.56x
+    forwards) while a GPU, where rows are nearly free, wants 8 or more. Pruning at 0.3 drops 12% of the rows
+    for 3% more forwards.
     """
 
     block_length: int = 16
