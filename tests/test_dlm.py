@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 import torch
-from tiny_models import EOS, MASK, char_tokenizer, make_diffusion_drafter
 from scipy.stats import chisquare
+from tiny_models import EOS, MASK, char_tokenizer, make_diffusion_drafter
 
 from diffuspec.config import DiffuSpecError
 from diffuspec.dlm import DLMSettings, GraphShape, calibrate_graph, dlm_steps, spiffy_steps
@@ -110,8 +110,8 @@ def test_eos_inside_a_block_ends_the_output(model, tokenizer, shifted):
 def test_spiffy_greedy_equals_dlm(model, tokenizer, shifted, prefix_cache, block_length, steps_per_block,
                                   max_new_tokens):
     # No pruning: the tiny random model is unsure everywhere (top probabilities near 0.3).
-    settings = dict(block_length=block_length, steps_per_block=steps_per_block, prefix_cache=prefix_cache,
-                    prune_below=0.0)
+    settings = {"block_length": block_length, "steps_per_block": steps_per_block, "prefix_cache": prefix_cache,
+                    "prune_below": 0.0}
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         expected, forwards, denoised, drafted = decode(dlm_steps, model, ids, max_new_tokens, shifted=shifted,
@@ -148,7 +148,7 @@ def test_spiffy_sampled_equals_dlm_under_one_seed(model, tokenizer, prefix_cache
     ids = tokenizer(PROMPTS[1])["input_ids"]
     saved_forwards = 0
     for seed in range(6):
-        settings = dict(block_length=6, steps_per_block=6, prefix_cache=prefix_cache, prune_below=0.0)
+        settings = {"block_length": 6, "steps_per_block": 6, "prefix_cache": prefix_cache, "prune_below": 0.0}
         expected, forwards, _, _ = decode(dlm_steps, model, ids, 12, sampling=SAMPLED, seed=seed, **settings)
         got, s_forwards, _, _ = decode(spiffy_steps, model, ids, 12, sampling=SAMPLED, seed=seed, **settings)
         assert got == expected
@@ -312,18 +312,18 @@ def test_graph_shape_needs_parents_first():
 @pytest.mark.parametrize(
     "bad",
     [
-        dict(block_length=0),
-        dict(block_length=4, steps_per_block=5),
-        dict(steps_per_block=0),
-        dict(block_length=2.5),
-        dict(prefix_cache="yes"),
-        dict(graph_size=-1),
-        dict(graph_depth=0),
-        dict(token_ranks=0),
-        dict(prune_below=1.0),
-        dict(prune_below=-0.1),
-        dict(graph="wide"),
-        dict(block_length=8, steps_per_block=4, graph=GraphShape(1, (((0, 0),),))),
+        {"block_length": 0},
+        {"block_length": 4, "steps_per_block": 5},
+        {"steps_per_block": 0},
+        {"block_length": 2.5},
+        {"prefix_cache": "yes"},
+        {"graph_size": -1},
+        {"graph_depth": 0},
+        {"token_ranks": 0},
+        {"prune_below": 1.0},
+        {"prune_below": -0.1},
+        {"graph": "wide"},
+        {"block_length": 8, "steps_per_block": 4, "graph": GraphShape(1, (((0, 0),),))},
     ],
 )
 def test_bad_settings_are_refused(bad):
@@ -332,8 +332,8 @@ def test_bad_settings_are_refused(bad):
 
 
 def test_bad_calls_are_refused(model, tokenizer):
-    call = dict(shifted=True, sampling=GREEDY, generator=None, eos_token_ids=frozenset({EOS}),
-                settings=DLMSettings())
+    call = {"shifted": True, "sampling": GREEDY, "generator": None, "eos_token_ids": frozenset({EOS}),
+            "settings": DLMSettings()}
     with pytest.raises(DiffuSpecError, match="empty"):
         dlm_steps(model, MASK, [], 4, **call)
     with pytest.raises(DiffuSpecError, match="max_new_tokens"):
