@@ -52,23 +52,23 @@ class DemoRecipe:
     # Chat fine-tune of the target: synthesised conversations (loss on the assistant's tokens) with
     # ``chat_code_rows`` rows of raw corpus code in every batch, so code completion stays.
     chat_conversations: int = 12000
-    chat_steps: int = 70
+    chat_steps: int = 1200
     chat_seq_len: int = 256
     chat_code_rows: int = 4
-    chat_lr: float = 2e-3
+    chat_lr: float = 1e-3
     # Both drafters learn from the target's own text: its greedy continuations of raw corpus prompts of varied
     # length (one line to ``distil_prompt_max`` tokens, code and docstring prose) and of chat prompts.
-    distil_prompts: int = 512
+    distil_prompts: int = 3072
     distil_prompt_max: int = 64
-    distil_chat_prompts: int = 384
+    distil_chat_prompts: int = 2048
     distil_continuation: int = 48
     distil_context: int = 128  # prompt tokens kept in a distillation row
     drafter_steps: int = 1000  # causal pre-training of both drafters on the distillation set (the same budget)
     adapt_steps: int = 700  # masked-diffusion adaptation of the diffusion drafter (Dream recipe)
     adapt_lr: float = 1e-3
     align_block: int = 16  # the longest block aligned to (ADL settles near k_max / 2 = 16)
-    align_steps: int = 150  # streak distillation of the diffusion drafter
-    ar_distil_steps: int = 100  # the AR drafter's distillation on the continuations
+    align_steps: int = 2000  # streak distillation of the diffusion drafter
+    ar_distil_steps: int = 400  # the AR drafter's distillation on the continuations
     align_batch: int = 32
     align_lr: float = 2e-3
     cps_ngram_order: int = 5  # CPS's corpus n-gram table, counted on the target's continuations
