@@ -84,10 +84,26 @@ def fallback_chat_format(
     return "\n\n".join(sections)
 
 
+def forced_call_prefix(tool_choice: str | None) -> str:
+    """How the answer starts when ``tool_choice`` forces a call: a model is not left to decide whether to obey
+    the instruction, its answer is the target's continuation of the opened ``<tool_call>`` (and, for a named
+    tool, of the name already written). Empty when nothing is forced."""
+    if tool_choice in (None, "auto", "none"):
+        return ""
+    if tool_choice in ("required", "any"):
+        return f'{TOOL_CALL_OPEN}{{"name": "'
+    return f'{TOOL_CALL_OPEN}{{"name": {json.dumps(tool_choice)}, "arguments": '
+
+
 def format_chat(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None, tool_choice: str | None = None
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None = None,
+    tool_choice: str | None = None,
+    answer_prefix: str = "",
 ) -> list[int]:
-    """Prompt token ids for ``messages``: the tokenizer's chat template, else ``fallback_chat_format``.
+    """Prompt token ids for ``messages``: the tokenizer's chat template, else ``fallback_chat_format``,
+    followed by ``answer_prefix`` (the start of the assistant's answer, e.g. ``forced_call_prefix``).
 
     ``tool_choice`` ("required"/"any" or a tool name) forces a tool call: a template that reads a
     ``tool_choice`` variable gets it, any other template gets ``tool_choice_line`` in the system message.
@@ -95,18 +111,18 @@ def format_chat(
     messages = [{**m, "role": canonical_role(m["role"])} for m in messages]
     template = getattr(tokenizer, "chat_template", None)
     if not template:
-        return tokenizer(fallback_chat_format(messages, tools, tool_choice))["input_ids"]
+        return tokenizer(fallback_chat_format(messages, tools, tool_choice) + answer_prefix)["input_ids"]
     extra = {}
     forced = tool_choice_line(tool_choice) if tools else None
     if forced and "tool_choice" in str(template):
         extra["tool_choice"] = tool_choice
     elif forced:
         messages = with_system_line(messages, forced)
-    return list(
-        tokenizer.apply_chat_template(
-            messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=False, **extra
-        )
+    text = tokenizer.apply_chat_template(
+        messages, tools=tools or None, add_generation_prompt=True, tokenize=False, **extra
     )
+    # Tokenised as one text, as apply_chat_template itself does: the prefix merges as it would in training.
+    return tokenizer(text + answer_prefix, add_special_tokens=False)["input_ids"]
 
 
 def visible_text(text: str) -> str:

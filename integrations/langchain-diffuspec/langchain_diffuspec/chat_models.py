@@ -22,7 +22,14 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
 
-from diffuspec.chat import TOOL_CALL_OPEN, canonical_role, format_chat, visible_text, with_system_line
+from diffuspec.chat import (
+    TOOL_CALL_OPEN,
+    canonical_role,
+    forced_call_prefix,
+    format_chat,
+    visible_text,
+    with_system_line,
+)
 from diffuspec.integration import CALL_ARGUMENTS, refuse_unknown
 from diffuspec.params import GenerationParams
 from diffuspec.stopping import safe_length
@@ -58,9 +65,10 @@ class _Turn:
     """One chat call: its prompt, generation params and tools, turning engine step events into chunks. With
     tools offered, text from the first ``<tool_call>`` on is held back and read into tool calls at the end."""
 
-    def __init__(self, prompt_ids: list[int], params: GenerationParams, tools: ToolSpec | None, model_name: str):
+    def __init__(self, prompt_ids: list[int], params: GenerationParams, tools: ToolSpec | None, model_name: str,
+                 answer_prefix: str = ""):
         self.prompt_ids, self.params, self.tools, self.model_name = prompt_ids, params, tools, model_name
-        self.text, self.shown = "", 0
+        self.text, self.shown = answer_prefix, 0  # a forced call's opening, written in the prompt, is the answer's
         self.invalid_tool_calls: list[dict[str, Any]] = []  # with their errors, which chunks cannot carry
 
     @property
@@ -211,8 +219,10 @@ class ChatDiffuSpec(EngineFields, BaseChatModel):
             dicts = with_system_line(dicts, json_line)
         tokenizer = self.get_engine().tokenizer
         offered = tools.offered if tools else None
-        prompt = format_chat(tokenizer, dicts, offered, tools.choice if offered else None)
-        return _Turn(prompt, params, tools, self.resolved_model_name)
+        choice = tools.choice if offered else None
+        prefix = forced_call_prefix(choice)
+        prompt = format_chat(tokenizer, dicts, offered, choice, answer_prefix=prefix)
+        return _Turn(prompt, params, tools, self.resolved_model_name, prefix)
 
     def _stream(
         self,

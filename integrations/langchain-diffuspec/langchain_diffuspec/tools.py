@@ -1,8 +1,8 @@
 """Tools bound to a chat call: ``tool_choice``, and reading the answer's ``<tool_call>`` blocks back.
 
-A local model cannot be forced to call a tool, so a forcing ``tool_choice`` is an instruction in the prompt
-(the chat template's ``tool_choice`` variable when it has one, else a system line), checked afterwards: an
-answer that does not obey gets no silent pass. Calls that are malformed, name a tool that is not bound, or
+A forcing ``tool_choice`` is an instruction in the prompt (the chat template's ``tool_choice`` variable when it
+has one, else a system line) and the call's opening written after it (``diffuspec.chat.forced_call_prefix``),
+checked afterwards: an answer that does not complete a valid call gets no silent pass. Calls that are malformed, name a tool that is not bound, or
 are not the one ``tool_choice`` asks for go to ``invalid_tool_calls``; a missing forced call adds an entry
 there too. Each entry's ``error`` says what went wrong.
 """

@@ -16,7 +16,7 @@ from langchain_diffuspec.chat_models import to_chat_dicts
 from pydantic import BaseModel
 
 from diffuspec import DiffuSpecError
-from diffuspec.chat import format_chat
+from diffuspec.chat import forced_call_prefix, format_chat
 
 MESSAGES = [SystemMessage("You write Python."), HumanMessage("def parse_args(argv):")]
 N = 48
@@ -229,7 +229,6 @@ def test_tool_calls_are_parsed_from_the_stream(scripted):
         ('<tool_call>{"name": "add", "arguments": [1, 2]}</tool_call>', None, "not a JSON object"),
         ('<tool_call>{"name": "mul", "arguments": {}}</tool_call>', None, "no tool named 'mul'"),
         ('<tool_call>{"name": "add", "arguments": {"a": 1', None, "ended inside"),
-        ('<tool_call>{"name": "negate", "arguments": {"x": 1}}</tool_call>', "add", "asks for 'add'"),
     ],
 )
 def test_malformed_tool_calls_go_to_invalid_tool_calls(scripted, answer, choice, error):
@@ -244,16 +243,36 @@ def test_malformed_tool_calls_go_to_invalid_tool_calls(scripted, answer, choice,
     assert any(error in e for e in merged.response_metadata["tool_call_errors"])
 
 
-@pytest.mark.parametrize(("choice", "line"), [("required", "You must call a tool."), ("any", "You must call a tool."),
-                                              ("add", "You must call the add tool."),
-                                              ({"type": "function", "function": {"name": "add"}},
-                                               "You must call the add tool.")])
-def test_forcing_tool_choice_is_instructed_and_checked(engine, scripted, choice, line):
-    fake, chat = scripted("It is 5.")
+@pytest.mark.parametrize(("choice", "line", "prefix", "rest"), [
+    ("required", "You must call a tool.", '<tool_call>{"name": "', 'add", "arguments": {"a": 2, "b": 3}}</tool_call>'),
+    ("any", "You must call a tool.", '<tool_call>{"name": "', 'add", "arguments": {"a": 2, "b": 3}}</tool_call>'),
+    ("add", "You must call the add tool.", '<tool_call>{"name": "add", "arguments": ', '{"a": 2, "b": 3}}</tool_call>'),
+    ({"type": "function", "function": {"name": "add"}}, "You must call the add tool.",
+     '<tool_call>{"name": "add", "arguments": ', '{"a": 2, "b": 3}}</tool_call>'),
+])
+def test_forcing_tool_choice_opens_the_call_in_the_prompt(engine, scripted, choice, line, prefix, rest):
+    fake, chat = scripted(rest)
     message = chat.bind_tools([add, negate], tool_choice=choice).invoke("2 + 3?")
-    assert line in engine.tokenizer.decode(fake.prompts[-1][0])
-    assert message.content == "It is 5." and not message.tool_calls
-    assert "but the answer has no valid" in message.invalid_tool_calls[-1]["error"]
+    prompt = engine.tokenizer.decode(fake.prompts[-1][0])
+    assert line in prompt and prompt.endswith(prefix)
+    assert message.tool_calls[0]["name"] == "add" and message.tool_calls[0]["args"] == {"a": 2, "b": 3}
+    assert message.content == "" and not message.invalid_tool_calls
+
+
+def test_a_call_to_another_tool_than_the_forced_one_is_invalid(scripted):
+    _, chat = scripted('{"a": 1, "b": 2}}</tool_call><tool_call>{"name": "negate", "arguments": {"x": 1}}</tool_call>')
+    message = chat.bind_tools([add, negate], tool_choice="add").invoke("2 + 3?")
+    assert [c["name"] for c in message.tool_calls] == ["add"]
+    assert "asks for 'add', not 'negate'" in message.invalid_tool_calls[0]["error"]
+
+
+@pytest.mark.parametrize("choice", ["required", "add"])
+def test_a_forced_call_left_unfinished_is_reported(scripted, choice):
+    _, chat = scripted("It is 5.")
+    message = chat.bind_tools([add, negate], tool_choice=choice).invoke("2 + 3?")
+    assert not message.tool_calls
+    errors = [c["error"] for c in message.invalid_tool_calls]
+    assert any("ended inside" in e for e in errors) and any("but the answer has no valid" in e for e in errors)
     assert "tool_call_errors" in message.response_metadata
 
 
@@ -278,17 +297,17 @@ def test_bad_tool_choice_is_refused_when_binding(chat):
 def test_bind_tools_plumbing_on_the_real_engine(chat, engine):
     message = chat.bind_tools([add], tool_choice="required").invoke([HumanMessage("2 + 3?")])
     prompt = format_chat(engine.tokenizer, [{"role": "user", "content": "2 + 3?"}], [convert_to_openai_tool(add)],
-                         "required")
+                         "required", answer_prefix=forced_call_prefix("required"))
     assert message.usage_metadata["input_tokens"] == len(prompt)
     assert offers_add(engine.tokenizer.decode(prompt))
-    # The demo model writes code, not tool calls: the unmet choice is reported, never passed silently.
+    # Whatever the model writes after the opened call, an unmet choice is reported, never passed silently.
     assert message.tool_calls or "tool_choice='required'" in message.invalid_tool_calls[-1]["error"]
 
 
 # ----- structured output ---------------------------------------------------------------------------------
 
 def test_structured_output_through_a_tool_call(scripted):
-    _, chat = scripted('<tool_call>{"name": "Point", "arguments": {"x": 1, "y": 2}}</tool_call>')
+    _, chat = scripted('{"x": 1, "y": 2}}</tool_call>')  # after the forced call's opening, in the prompt
     assert chat.with_structured_output(Point).invoke("a point") == Point(x=1, y=2)
     assert chat.with_structured_output(Point.model_json_schema()).invoke("a point") == {"x": 1, "y": 2}
 
@@ -309,7 +328,8 @@ def test_structured_output_failures_are_visible(scripted, answer, method):
         chat.with_structured_output(Point, method=method).invoke("a point")
     result = chat.with_structured_output(Point, method=method, include_raw=True).invoke("a point")
     assert result["parsed"] is None and isinstance(result["parsing_error"], OutputParserException)
-    assert result["raw"].content == answer
+    raw = result["raw"]  # a forced call's unfinished block keeps what the model wrote
+    assert answer in (raw.invalid_tool_calls[0]["args"] if method == "function_calling" else raw.content)
 
 
 def test_structured_output_on_the_real_engine(chat):
