@@ -118,10 +118,13 @@ def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> 
         methods["diffuspec"] = engine_runner(engine.with_config(cps=True, draft_length=None), "diffuspec")
         methods["diffuspec-adl"] = engine_runner(engine.with_config(length_policy="adl", draft_length=None), "diffuspec")
         methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False, draft_length=None), "diffuspec")
-        for paths, name in ((4, "diffuspec-tree"), (2, "diffuspec-tree-2")):  # multi-path verification (tree.py)
-            methods[name] = engine_runner(engine.with_config(draft_paths=paths, draft_length=None), "diffuspec")
+        # tree verification (tree.py): the cost policy sizing trees of up to 16 branch nodes, and fixed trees
+        methods["diffuspec-tree"] = engine_runner(engine.with_config(tree_branches=16, draft_length=None), "diffuspec")
         for k in fixed_ks:
             methods[f"diffuspec-k{k}"] = engine_runner(engine.with_config(cps=True, draft_length=k), "diffuspec")
+        for k, branches in ((8, 8), (16, 8), (16, 16)):
+            methods[f"diffuspec-k{k}-tree{branches}"] = engine_runner(
+                engine.with_config(draft_length=k, tree_branches=branches), "diffuspec")
         k = engine.config.k_max
         methods[f"diffuspec-no-cps-k{k}"] = engine_runner(engine.with_config(cps=False, draft_length=k), "diffuspec")
     return methods

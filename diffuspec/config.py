@@ -41,9 +41,11 @@ class DiffuSpecConfig:
     cps_beam_width: int = 3
     cps_tau: float = 0.8
     cps_max_candidates: int = 15
-    # Multi-path verification (tree.py): the N best CPS paths verified as one token tree per target pass; 1 is
-    # a single path. With the cost policy N is the most it may use (it picks 1 or N by expected tokens/second).
-    draft_paths: int = 1
+    # Tree verification (tree.py): up to this many of the drafter's runners-up (best-first by the product of
+    # their marginals) added to the draft path as a token tree, verified in the same target pass; 0 is a single
+    # path. With the cost policy it is the most it may add: it takes a branch only while its expected tokens pay
+    # for its verification time.
+    tree_branches: int = 0
     # Weight of the drafter against the causal proxy; None: the paper's 0.5 when the drafter ships a corpus
     # n-gram table (the paper's KenLM role), else 0.9, because a proxy that only learns from the prompt and
     # output so far deserves less say (on the demo pair, online proxy only, lambda 0.5 / 0.7 / 0.9 / 1.0
@@ -106,7 +108,7 @@ class DiffuSpecConfig:
         )
         need(0.0 <= self.cps_corpus_weight <= 1.0, f"cps_corpus_weight must be in [0, 1], got {self.cps_corpus_weight}")
         need(self.cps_beam_width >= 1 and self.cps_max_candidates >= 1, "CPS beam width and candidates must be >= 1")
-        need(self.draft_paths >= 1, f"draft_paths must be >= 1 (1: a single path), got {self.draft_paths}")
+        need(self.tree_branches >= 0, f"tree_branches must be >= 0 (0: a single path), got {self.tree_branches}")
         need(self.denoising_steps >= 1, f"denoising_steps must be >= 1, got {self.denoising_steps}")
         need(
             self.draft_sampling != "proposal" or self.denoising_steps == 1,

@@ -120,7 +120,7 @@ class DiffuSpec:
         )
         self._costs = MachineCosts.empty()
         # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
-        self._draft_paths = cfg.draft_paths if supports_tree(target, new_cache(target)) else 1
+        self._tree_branches = cfg.tree_branches if supports_tree(target, new_cache(target)) else 0
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)
@@ -404,14 +404,14 @@ class DiffuSpec:
     def _length_policy(self, mode: str, sampling: SamplingParams) -> LengthPolicy:
         cfg = self.config
         search = cfg.cps and mode == "diffuspec"
-        paths = self._draft_paths if search else 1
+        branches = self._tree_branches if mode == "diffuspec" else 0
         if cfg.draft_length is not None:
-            return FixedLength(cfg.draft_length, search, paths)
+            return FixedLength(cfg.draft_length, search, branches)
         if cfg.length_policy == "adl":
             return ADLPolicy(k_min=cfg.k_min, k_max=cfg.k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search,
-                             paths=paths)
+                             branches=branches)
         return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=cfg.k_max, search=search,
-                               adaptive_search=sampling.greedy, max_paths=paths)
+                               adaptive_search=sampling.greedy, max_branches=branches)
 
     def _proposer(self, mode: str, prompt_ids: list[int], sampling: SamplingParams,
                   generator: torch.Generator | None) -> Proposer:

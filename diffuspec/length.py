@@ -19,11 +19,13 @@ the drafter's argmax path (whose acceptance is known for free from every verific
 ``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
 where each verified token costs time.
 
-With ``draft_paths`` N > 1 (``tree.py``) the policy also chooses between one CPS path and a tree of N: the tree's
-acceptance is followed per depth like a path's, a step over it costs verify(T + 1) with T its size (tree
-tokens per draft token followed as an EMA), and the single path's acceptance is read off every tree step for
-free (the committed tokens are the target's, whichever branch carried them). The larger rate wins; the tree is
-probed now and then while it loses, so its estimate stays current.
+With ``tree_branches`` > 0 (``tree.py``) the policy also sizes the token tree, after drafting, once the
+drafter's marginals are known: branch node j (best first) is expected to add c * v_j accepted tokens, v_j its
+value, and adding the first m of them costs verify(k + 1 + m) - verify(k + 1), so it takes the m with the most
+expected tokens per second (m = 0: the single path, so a tree is never chosen where it does not pay). c
+calibrates the drafter's values: realised over predicted extra tokens of past tree steps (decayed, prior 1),
+where the realised gain is exact: the single path's acceptance is read off every tree step (the committed
+tokens are the target's, whichever branch carried them).
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ class MachineCosts:
 class LengthChoice:
     k: int
     search: bool  # run path search this step (else the argmax path)
-    paths: int = 1  # CPS paths to verify as one tree (1: a single path)
+    branches: int = 0  # the most branch nodes to add to the draft path as a token tree (0: a single path)
     predicted_tokens: float = math.nan  # E(k) under the policy's model; NaN when it makes none
 
 
@@ -220,28 +222,34 @@ class LengthPolicy(ABC):
 
     @abstractmethod
     def choose(self, room: int) -> LengthChoice:
-        """The next draft's length (at most ``room``), whether to search, how many paths."""
+        """The next draft's length (at most ``room``), whether to search, how many tree branches at most."""
+
+    def tree_branches(self, drafted: int, values: Sequence[float]) -> tuple[int, float]:
+        """How many of the offered branch nodes (best first, with their values: ``tree.grow_tree``) to verify
+        with a draft path of ``drafted`` tokens, and the tokens the step is then expected to commit (NaN: no
+        prediction). Default: all of them."""
+        return len(values), math.nan
 
     def observe(self, feedback: StepFeedback) -> None:
         """Default: nothing to learn."""
 
 
 class FixedLength(LengthPolicy):
-    def __init__(self, k: int, search: bool, paths: int = 1) -> None:
-        self.k, self.search, self.paths = k, search, paths
+    def __init__(self, k: int, search: bool, branches: int = 0) -> None:
+        self.k, self.search, self.branches = k, search, branches
 
     def choose(self, room: int) -> LengthChoice:
-        return LengthChoice(min(self.k, room), self.search, self.paths)
+        return LengthChoice(min(self.k, room), self.search, self.branches)
 
 
 class ADLPolicy(LengthPolicy):
-    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool, paths: int = 1) -> None:
+    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool, branches: int = 0) -> None:
         self.state = ADLState(k=k_max)
-        self.params = dict(k_min=k_min, k_max=k_max, delta=delta, rho=rho)
-        self.search, self.paths = search, paths
+        self.params = {"k_min": k_min, "k_max": k_max, "delta": delta, "rho": rho}
+        self.search, self.branches = search, branches
 
     def choose(self, room: int) -> LengthChoice:
-        return LengthChoice(min(self.state.k, room), self.search, self.paths)
+        return LengthChoice(min(self.state.k, room), self.search, self.branches)
 
     def observe(self, feedback: StepFeedback) -> None:
         if feedback.drafted:
@@ -253,69 +261,86 @@ class CostAwarePolicy(LengthPolicy):
 
     ``search`` is the configured path search (CPS on or off); ``adaptive_search`` lets the policy switch it off
     while the argmax path earns more per second (only under greedy decoding, where the argmax path's acceptance
-    can be read off every verification). ``max_paths`` > 1 lets it verify a tree of that many CPS paths
-    when that earns more per second (module docstring).
+    can be read off every verification). ``max_branches`` > 0 lets it add up to that many branch nodes to the
+    draft path as a token tree where they earn more per second (module docstring).
     """
 
     def __init__(self, costs: MachineCosts, kind: str, *, k_min: int, k_max: int, search: bool,
-                 adaptive_search: bool, probe_every: int = 8, max_paths: int = 1) -> None:
+                 adaptive_search: bool, probe_every: int = 8, max_branches: int = 0) -> None:
         self.costs, self.k_min, self.k_max = costs, k_min, k_max
         self.draft_cost, self.search_cost = costs.drafting(kind)
         self.search_on = search
         self.adaptive = search and adaptive_search
         self.searched = AcceptanceEstimate(k_max)
         self.argmax = AcceptanceEstimate(k_max)
-        self.max_paths = max_paths if search else 1
-        self.tree = AcceptanceEstimate(k_max)
-        self.tree_tokens_per_depth = float(self.max_paths)  # EMA of tree size / depth; starts at the worst case
+        self.max_branches = max_branches
+        self.branch_realised = self.branch_predicted = 1.0  # decayed extra tokens of tree steps; prior c = 1
+        self.branch_decay = 0.95
+        self.predicted_gain = 0.0  # the last tree's predicted extra tokens, c not applied
         self.probe_every, self.steps = probe_every, 0
+        self.search = search  # this step's choice
 
-    def _plan(self, alphas: Sequence[float], search: bool, k_max: int,
-              tokens_per_depth: float = 1.0) -> tuple[int, float, float]:
-        verify = self.costs.verify.table(math.ceil(tokens_per_depth * k_max) + 1)
-        verified = [verify[round(tokens_per_depth * k) + 1] for k in range(k_max + 1)]
-        seconds = [a + b + c for a, b, c in zip(self.draft_cost.table(k_max), verified, self.costs.other.table(k_max))]
+    def _seconds(self, k_max: int, search: bool) -> list[float]:
+        """Seconds of a step that drafts k tokens and verifies them as one path, for k = 0..k_max."""
+        verify = self.costs.verify.table(k_max + 1)[1:]
+        seconds = [a + b + c for a, b, c in zip(self.draft_cost.table(k_max), verify, self.costs.other.table(k_max))]
         if search:
             seconds = [t + s for t, s in zip(seconds, self.search_cost.table(k_max))]
+        return seconds
+
+    def _plan(self, alphas: Sequence[float], search: bool, k_max: int) -> tuple[int, float, float]:
+        seconds = self._seconds(k_max, search)
         k, tokens = best_draft_length(alphas, seconds, min(self.k_min, k_max), k_max)
         return k, tokens, tokens / max(seconds[k], 1e-12)
+
+    def _alphas(self, search: bool) -> list[float]:
+        return (self.searched if search else self.argmax).alphas()
 
     def choose(self, room: int) -> LengthChoice:
         self.steps += 1
         k_max = min(self.k_max, room)
         if self.steps == 1 or not self.costs.verify.points:  # explore: one full-length draft first
-            return LengthChoice(k_max, self.search_on, self.max_paths)
-        plans = {False: self._plan(self.argmax.alphas(), False, k_max)}
+            self.search = self.search_on
+            return LengthChoice(k_max, self.search_on, self.max_branches)
+        plans = {False: self._plan(self._alphas(False), False, k_max)}
         if self.search_on:
-            plans[True] = self._plan(self.searched.alphas(), True, k_max)
+            plans[True] = self._plan(self._alphas(True), True, k_max)
         search = self.search_on
         if self.adaptive:
             search = plans[True][2] >= plans[False][2] or self.steps % self.probe_every == 0
-        k, tokens, rate = plans[search]
-        if search and self.max_paths > 1:
-            tree_k, tree_tokens, tree_rate = self._plan(self.tree.alphas(), True, k_max, self.tree_tokens_per_depth)
-            # the single path's acceptance is learnt on tree steps too, so only the tree needs probing
-            if tree_rate >= rate or self.steps % self.probe_every == 1:
-                return LengthChoice(tree_k, True, self.max_paths, tree_tokens)
-        return LengthChoice(k, search, 1, tokens)
+        k, tokens, _ = plans[search]
+        self.search = search
+        return LengthChoice(k, search, self.max_branches, tokens)
+
+    def tree_branches(self, drafted: int, values: Sequence[float]) -> tuple[int, float]:
+        path_tokens = expected_tokens(self._alphas(self.search), drafted)
+        verify = self.costs.verify.table(drafted + 1 + len(values))
+        others = self._seconds(drafted, self.search)[drafted] - verify[drafted + 1]  # drafting, search, the loop
+        calibration = self.branch_realised / self.branch_predicted
+        best, best_rate, gain, best_gain = 0, path_tokens / max(others + verify[drafted + 1], 1e-12), 0.0, 0.0
+        for m, value in enumerate(values, start=1):
+            gain += value
+            rate = (path_tokens + calibration * gain) / max(others + verify[drafted + 1 + m], 1e-12)
+            if rate > best_rate:
+                best, best_rate, best_gain = m, rate, gain
+        self.predicted_gain = best_gain
+        return best, path_tokens + calibration * best_gain
 
     def observe(self, feedback: StepFeedback) -> None:
         d, a = feedback.drafted, feedback.accepted
         if d == 0:
             return
         self.draft_cost.observe(d, feedback.draft_seconds)
-        if feedback.tree_size:
-            self.tree.observe(a, min(a + 1, d))
-            share = 0.2  # the tree-size EMA's weight of a new step
-            self.tree_tokens_per_depth += share * (feedback.tree_size / d - self.tree_tokens_per_depth)
+        path_accepted = a  # what the draft path alone accepted
+        if feedback.tree_size and feedback.best_path_match is not None:  # exact: the branch left the path there
+            path_accepted = feedback.best_path_match
+            decay = self.branch_decay
+            self.branch_realised = decay * self.branch_realised + a - path_accepted
+            self.branch_predicted = decay * self.branch_predicted + self.predicted_gain
         if feedback.search_seconds:
             self.search_cost.observe(d, feedback.search_seconds)
-            if feedback.best_path_match is None:
-                self.searched.observe(a, min(a + 1, d))
-            else:  # censored like the argmax path's (argmax_match)
-                best = feedback.best_path_match
-                self.searched.observe(best, min(best + 1, d, a + 1))
-            if feedback.argmax_match is not None:
+            self.searched.observe(path_accepted, min(path_accepted + 1, d))
+            if feedback.argmax_match is not None:  # censored at what the target's tokens show (argmax_match)
                 self.argmax.observe(feedback.argmax_match, min(feedback.argmax_match + 1, d, a + 1))
         else:
-            self.argmax.observe(a, min(a + 1, d))
+            self.argmax.observe(path_accepted, min(path_accepted + 1, d))

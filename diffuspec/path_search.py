@@ -442,24 +442,8 @@ class PathSearch:
         proxy: CausalProxy,
         eos_token_ids: Iterable[int],
     ) -> list[int]:
-        return self.paths(logprobs, history, proxy, eos_token_ids, 1)[0]
-
-    def paths(
-        self,
-        logprobs: torch.Tensor,
-        history: Sequence[int],
-        proxy: CausalProxy,
-        eos_token_ids: Iterable[int],
-        n: int,
-    ) -> list[list[int]]:
-        """The ``n`` best distinct paths, best first (fewer when the lattice has fewer). The beam is
-        max(beam_width, n) wide, so for n <= beam_width the first path is the one ``__call__`` returns.
-        Disabled: only the argmax path."""
-        if n < 1:
-            raise DiffuSpecError(f"PathSearch.paths needs n >= 1 paths, got {n}")
         if not self.enabled:
-            return [logprobs.argmax(dim=-1).tolist()]
+            return logprobs.argmax(dim=-1).tolist()
         eos = list(eos_token_ids)
         lattice = prune_lattice(logprobs, tau=self.tau, max_candidates=self.max_candidates, eos_token_ids=eos)
-        width = max(self.beam_width, n)
-        return beam_search(lattice, proxy, history, beam_width=width, lam=self.lam, eos_token_ids=eos)[:n]
+        return beam_search(lattice, proxy, history, beam_width=self.beam_width, lam=self.lam, eos_token_ids=eos)[0]

@@ -19,7 +19,7 @@ import torch
 from .drafters import Drafter
 from .length import LengthPolicy, StepFeedback, argmax_match, generated_length
 from .path_search import NGramProxy, PathSearch
-from .tree import TokenTree, build_tree
+from .tree import TokenTree, build_tree, grow_tree
 from .verification import SamplingParams
 
 
@@ -107,7 +107,7 @@ class DraftProposer(Proposer):
         t0 = self.clock()
         draft = self.drafter.propose(context, choice.k, self.draft_sampling, self.generator)
         t1 = self.clock()
-        probs, argmax, tree = None, None, None
+        probs, argmax, tree, predicted = None, None, None, choice.predicted_tokens
         if draft.logprobs is None:  # a finished draft
             tokens, probs = draft.tokens[: choice.k], draft.probs
             paths = [tokens.tolist()]
@@ -122,20 +122,22 @@ class DraftProposer(Proposer):
             else:
                 argmax = logprobs.argmax(dim=-1).tolist()
                 raw = argmax
-                paths = (self.path_search.paths(logprobs, self.history, self.proxy, self.eos, choice.paths)
-                         if choice.search else [argmax])
-                if len(paths) > 1:
-                    tree = build_tree(paths, context.device)
-                    tokens = tree.tokens
-                else:
-                    tokens = torch.tensor(paths[0], dtype=torch.long, device=context.device)
+                paths = [self.path_search(logprobs, self.history, self.proxy, self.eos) if choice.search else argmax]
+                if choice.branches:  # the drafter's runners-up as a token tree around the path (tree.py)
+                    grown = grow_tree(logprobs, paths[0], choice.branches, ends=self.eos)
+                    branches, predicted = self.policy.tree_branches(len(paths[0]), grown.branch_values)
+                    if branches:
+                        paths = grown.paths(branches)
+                        tree = build_tree(paths, context.device)
+                tokens = tree.tokens if tree is not None else torch.tensor(paths[0], dtype=torch.long,
+                                                                           device=context.device)
         if probs is not None:
             probs = _fit_vocab(probs[: tokens.numel()], self.vocab_size, 0.0)
         t2 = self.clock()
         searched = choice.search and argmax is not None
         self._last = (paths, tree, argmax if searched else None, generated_length(raw, choice.k, self.eos),
                       t1 - t0, t2 - t1 if searched else 0.0)
-        return Proposal(tokens, probs, draft.forwards, t1 - t0, t2 - t1, choice.predicted_tokens, tree)
+        return Proposal(tokens, probs, draft.forwards, t1 - t0, t2 - t1, predicted, tree)
 
     def observe(self, outcome: Outcome) -> None:
         self.history += outcome.committed
@@ -149,7 +151,7 @@ class DraftProposer(Proposer):
         if tree is None:
             feedback = StepFeedback(len(verified), a, generated, match, draft_s, search_s)
         else:
-            feedback = StepFeedback(tree.depth, a, generated, match, draft_s, search_s, tree.size,
+            feedback = StepFeedback(len(paths[0]), a, generated, match, draft_s, search_s, tree.size,
                                     argmax_match(paths[0], verified, a, token))
         self.policy.observe(feedback)
 

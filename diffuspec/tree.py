@@ -1,9 +1,14 @@
-"""Multi-path verification: several drafted paths merged into a token tree and verified in one target pass.
+"""Tree verification: the draft path and the drafter's runners-up, as a token tree verified in one target pass.
 
-CPS keeps B beams and proposes only the best. Here its N best paths are merged into a prefix tree (shared
-prefixes once), the target reads [last committed token, *tree nodes] in one forward with a tree attention mask
-(each node sees the cached context, the root and its own ancestors) and tree position ids (context length +
-depth), and the accepted path is walked from the root: at each depth, the child whose token is the target's
+Rejections mostly fall in the first positions of a draft, and there the target's token is often the drafter's
+2nd or 3rd candidate. ``grow_tree`` therefore branches where the drafter is unsure (EAGLE-2 / Sequoia style): a
+node's value is the product of the drafter's marginal probabilities along its root path, and the tree is the
+draft path (the spine: CPS's or the argmax path) plus the M best other nodes by value, each position's
+candidates being its top tokens. Values never grow along a path, so the best M form a prefix-closed set (a
+tree), found best-first; the sum of the values estimates the tokens a step accepts. The tree's root-to-leaf
+paths (spine first) are merged by ``build_tree``. The target reads [last committed token, *tree nodes] in one
+forward with a tree attention mask (each node sees the cached context, the root and its own ancestors) and tree
+position ids (context length + depth), and the accepted path is walked from the root: at each depth, the child whose token is the target's
 token there. The target's token is a function of the committed prefix only (the argmax of its logits, or under
 sampling of log p + Gumbel noise that depends on the seed and the absolute output position:
 ``verification.py``), and a node's row sees exactly that prefix, so the walk commits what one-token-at-a-time
@@ -19,7 +24,9 @@ back to single-path verification (``supports_tree``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+import itertools
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +88,79 @@ def build_tree(paths: Sequence[Sequence[int]], device: torch.device | str = "cpu
             node = child[key]
     return TokenTree(torch.tensor(tokens, dtype=torch.long, device=device), tuple(parents), tuple(depths),
                      tuple(ranks))
+
+
+TREE_CANDIDATES = 4  # top tokens per position a branch may take (rejected tokens were mostly the 2nd or 3rd)
+
+
+@dataclass(frozen=True)
+class GrownTree:
+    """The spine and the branch nodes ``grow_tree`` chose, in the order chosen. Node i holds ``tokens[i]`` under
+    ``parents[i]`` (-1: the root; always an earlier node) with value ``values[i]``; nodes 0..len(spine)-1 are the
+    spine."""
+
+    spine: tuple[int, ...]
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def branch_values(self) -> tuple[float, ...]:
+        """The branch nodes' values, best first: the tokens each is expected to add to a step."""
+        return self.values[len(self.spine) :]
+
+    def paths(self, branches: int) -> list[list[int]]:
+        """The root-to-leaf token paths of the spine and the first ``branches`` branch nodes: the spine first,
+        then the other leaves in the order they were chosen (``build_tree`` ranks paths in this order)."""
+        size = len(self.spine) + branches
+        inner = set(self.parents[:size])
+        paths = []
+        for leaf in (i for i in range(size) if i not in inner):  # the spine's leaf has the lowest index
+            path, node = [], leaf
+            while node >= 0:
+                path.append(self.tokens[node])
+                node = self.parents[node]
+            paths.append(path[::-1])
+        return paths
+
+
+def grow_tree(logprobs: torch.Tensor, spine: Sequence[int], branches: int, *, candidates: int = TREE_CANDIDATES,
+              ends: Collection[int] = ()) -> GrownTree:
+    """The spine plus the ``branches`` best other nodes by value (module docstring), best first. ``logprobs``
+    [k, V] are the drafter's per-position log-probabilities; a node at depth d takes one of position d's
+    ``candidates`` most likely tokens, nodes go at most k deep, and none follows a token of ``ends`` (EOS).
+    Ties go to the node offered first (the shallower parent, then the likelier token), so the tree is
+    deterministic."""
+    top_logprobs, top_tokens = logprobs.float().topk(min(candidates, logprobs.shape[-1]), dim=-1)
+    # likelier first, the lower id on a tie (topk leaves the order of equal values open)
+    top = [sorted(zip(t, p), key=lambda c: (-c[1], c[0])) for t, p in zip(top_tokens.tolist(), top_logprobs.exp().tolist())]
+    spine = tuple(int(t) for t in spine)
+    spine_probs = logprobs[torch.arange(len(spine)), torch.tensor(spine, dtype=torch.long)].float().exp().tolist()
+    tokens, parents = list(spine), list(range(-1, len(spine) - 1))
+    values, depths = list(itertools.accumulate(spine_probs, lambda a, b: a * b)), list(range(1, len(spine) + 1))
+    frontier: list[tuple[float, int, int, int]] = []  # (-value, offer order, parent, token)
+    order = itertools.count()
+
+    def offer(parent: int, skip: int | None) -> None:
+        """Queue ``parent``'s children (all but ``skip``, which is already a node)."""
+        position = depths[parent] if parent >= 0 else 0  # the children's 0-based draft position
+        if position >= len(top) or (parent >= 0 and tokens[parent] in ends):
+            return
+        base = values[parent] if parent >= 0 else 1.0
+        for token, p in top[position]:
+            if token != skip and p > 0.0:
+                heapq.heappush(frontier, (-base * p, next(order), parent, token))
+
+    for parent in range(-1, len(spine)):
+        offer(parent, spine[parent + 1] if parent + 1 < len(spine) else None)
+    while frontier and len(tokens) < len(spine) + branches:
+        negative_value, _, parent, token = heapq.heappop(frontier)
+        tokens.append(token)
+        parents.append(parent)
+        values.append(-negative_value)
+        depths.append(depths[parent] + 1 if parent >= 0 else 1)
+        offer(len(tokens) - 1, None)
+    return GrownTree(spine, tuple(tokens), tuple(parents), tuple(values))
 
 
 def tree_attention(tree: TokenTree, past_length: int, dtype: torch.dtype,

@@ -248,23 +248,6 @@ def test_exhaustive_beam_search_ranks_every_path_by_its_mean_score(seed):
     assert scores == pytest.approx(sorted([path_score(p, lattice, proxy, history, 0.5) for p in paths], reverse=True))
 
 
-def test_paths_are_distinct_and_best_first():
-    g = torch.Generator().manual_seed(0)
-    lp = torch.randn(6, 12, generator=g).mul(2).log_softmax(-1)
-    proxy = NGramProxy(vocab_size=12, order=3)
-    proxy.extend(torch.randint(0, 12, (40,), generator=g).tolist())
-    search = PathSearch(beam_width=3, tau=0.9, max_candidates=4, lam=0.5)
-    paths = search.paths(lp, [3, 4], proxy, [EOS], 5)
-    assert len(paths) == 5 and len({tuple(p) for p in paths}) == 5
-    lattice = prune_lattice(lp, tau=0.9, max_candidates=4, eos_token_ids=[EOS])
-    scores = [path_score(p, lattice, proxy, [3, 4], 0.5) for p in paths]
-    assert scores == sorted(scores, reverse=True)
-    assert search.paths(lp, [3, 4], proxy, [EOS], 1) == [search(lp, [3, 4], proxy, [EOS])]
-    assert search.paths(lp, [3, 4], proxy, [EOS], 2)[0] == search(lp, [3, 4], proxy, [EOS])
-    with pytest.raises(DiffuSpecError, match="n >= 1"):
-        search.paths(lp, [3, 4], proxy, [EOS], 0)
-
-
 def test_cps_disabled_is_argmax():
     lp = logprobs([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]])
     assert PathSearch(enabled=False)(lp, [], NGramProxy(3), [EOS]) == [1, 0]

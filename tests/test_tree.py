@@ -1,24 +1,94 @@
-"""Multi-path verification (diffuspec/tree.py): the tree's structure, mask and walk; one tree pass commits what
-one-token-at-a-time decoding commits and leaves the cache as if only the accepted path had been fed; greedy output
-is the target's own for draft_paths 1, 2 and 4; sampled output keeps the target's distribution; the cost policy
-chooses between one path and a tree by expected tokens per second."""
+"""Tree verification (diffuspec/tree.py): the tree grown from the drafter's marginals is the best prefix-closed
+set of nodes; the tree's structure, mask and walk; one tree pass commits what one-token-at-a-time decoding
+commits and leaves the cache as if only the accepted path had been fed; greedy output is the target's own for 0,
+4 and 12 tree branches; sampled output keeps the target's distribution; the cost policy sizes the tree by
+expected tokens per second."""
 
+import itertools
+import math
 import random
 from collections import Counter
 
 import pytest
 import torch
 import transformers as hf
-from tiny_models import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 from test_architectures import _family
 from test_sampling import NEW_TOKENS, SAMPLING, TRIALS, exact_sequence_distribution, goodness_of_fit
+from tiny_models import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 
 from diffuspec import DiffuSpec, DiffuSpecConfig, Draft, Drafter, SamplingParams
 from diffuspec.caches import new_cache
-from diffuspec.length import CostAwarePolicy, CostCurve, MachineCosts, StepFeedback
-from diffuspec.tree import build_tree, supports_tree, tree_attention, verify_tree, walk
+from diffuspec.length import CostAwarePolicy, MachineCosts, StepFeedback
+from diffuspec.tree import build_tree, grow_tree, supports_tree, tree_attention, verify_tree, walk
 
 ALPHA = 1e-3
+
+
+def _all_nodes(probs: torch.Tensor, spine: list[int], candidates: int) -> dict[tuple[int, ...], float]:
+    """Every node grow_tree may choose from, by brute force: each token path of at most k tokens whose tokens are
+    their position's top candidates (or the spine's own while on the spine), with its value."""
+    top = [row.topk(candidates).indices.tolist() for row in probs]
+    nodes: dict[tuple[int, ...], float] = {}
+    for depth in range(1, len(top) + 1):
+        for path in itertools.product(*(range(probs.shape[1]) for _ in range(depth))):
+            on_spine = [list(path[:i]) == spine[:i] for i in range(depth)]
+            if all(t in top[i] or (on_spine[i] and i < len(spine) and t == spine[i]) for i, t in enumerate(path)):
+                nodes[path] = math.prod(float(probs[i, t]) for i, t in enumerate(path))
+    return nodes
+
+
+def _grown_nodes(grown) -> list[tuple[int, ...]]:
+    paths = []
+    for i in range(len(grown.tokens)):
+        path, node = [], i
+        while node >= 0:
+            path.append(grown.tokens[node])
+            node = grown.parents[node]
+        paths.append(tuple(path[::-1]))
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_grown_tree_is_the_spine_plus_the_best_prefix_closed_nodes(seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.randn(4, 5, generator=g).mul(1.5).softmax(-1)
+    spine = [int(t) for t in torch.randint(0, 5, (3,), generator=g)]  # CPS may take tokens outside the top 3
+    values = _all_nodes(probs, spine, candidates=3)
+    branch_values = sorted((v for path, v in values.items() if list(path) != spine[: len(path)]), reverse=True)
+    for budget in (0, 1, 5, 12, 200):
+        grown = grow_tree(probs.log(), spine, budget, candidates=3)
+        nodes = _grown_nodes(grown)
+        assert nodes[:3] == [tuple(spine[:1]), tuple(spine[:2]), tuple(spine)]
+        assert len(set(nodes)) == len(nodes) == 3 + min(budget, len(branch_values))
+        assert all(path[:-1] in nodes[:i] or len(path) == 1 for i, path in enumerate(nodes))  # parents first
+        assert list(grown.branch_values) == pytest.approx(branch_values[:budget])  # the best ones, best first
+        assert all(grown.values[i] == pytest.approx(values[path]) for i, path in enumerate(nodes))
+
+
+def test_growth_is_deterministic_on_ties_and_stops_at_eos():
+    """Ties go to the node offered first (the shallower parent, then the likelier token); nothing follows EOS."""
+    probs = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.5, 0.5, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0]])
+    grown = grow_tree(probs.log(), [0, 0, 0], 4, candidates=3)
+    # spine values 1/2, 1/4, 1/8; then 1 and 2 at the root and 1 after [0] (1/4 each), then [1, 0], the first
+    # 1/8 offered (when [1] was chosen)
+    assert grown.branch_values == (0.25, 0.25, 0.25, 0.125)
+    assert grown.tokens[3:] == (1, 2, 1, 0) and grown.parents[3:] == (-1, -1, 0, 3)
+    assert grow_tree(probs.log(), [0, 0, 0], 4, candidates=3) == grown
+    eos = 3
+    probs = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.25, 0.25, 0.0, 0.5], [0.5, 0.25, 0.25, 0.0]])
+    ended = grow_tree(probs.log(), [0, eos], 50, candidates=3, ends={eos})  # the spine ends with EOS
+    assert eos in ended.tokens[2:]  # a branch may end too
+    assert all(parent < 0 or ended.tokens[parent] != eos for parent in ended.parents)  # nothing after EOS
+    assert max(len(path) for path in _grown_nodes(ended)) == 3  # at most k deep
+
+
+def test_tree_paths_put_the_spine_first():
+    probs = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.5, 0.5, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0]])
+    grown = grow_tree(probs.log(), [0, 0, 0], 4, candidates=3)
+    assert grown.paths(0) == [[0, 0, 0]]
+    assert grown.paths(4) == [[0, 0, 0], [2], [0, 1], [1, 0]]  # the leaves, in the order chosen
+    tree = build_tree(grown.paths(4))
+    assert tree.size == 7 and tree.tokens[:3].tolist() == [0, 0, 0] and tree.ranks == (0, 0, 0, 1, 2, 3, 3)
 
 
 def test_paths_merge_into_a_prefix_tree():
@@ -97,7 +167,7 @@ def test_one_tree_pass_commits_what_sequential_decoding_does(arch):
     target = TARGETS[arch](len(tokenizer))
     prompt = tokenizer("the cat sat")["input_ids"]
     ref = _greedy_reference(target, prompt, 6)
-    wrong = lambda t: (t + 1) % len(tokenizer)  # noqa: E731
+    wrong = lambda t: (t + 1) % len(tokenizer)
     paths = [[wrong(ref[0]), ref[1]], [ref[0], wrong(ref[1]), ref[2]], [ref[0], ref[1], ref[2], wrong(ref[3])],
              [ref[0], ref[1], wrong(ref[2])]]
     tree = build_tree(paths)
@@ -138,39 +208,39 @@ def test_greedy_output_is_the_targets_own_for_any_number_of_paths(arch, targets,
     prompt = tokenizer("the quick brown fox")["input_ids"]
     reference = hf_greedy(target, prompt, 48)
     mat = {}
-    for paths in (1, 2, 4):
-        for config in (DiffuSpecConfig(draft_paths=paths), DiffuSpecConfig(draft_paths=paths, length_policy="adl")):
+    for branches in (0, 4, 12):
+        for config in (DiffuSpecConfig(tree_branches=branches), DiffuSpecConfig(tree_branches=branches, length_policy="adl")):
             assert DiffuSpec(target, drafter, tokenizer, config).generate(prompt, max_new_tokens=48).token_ids == reference
         oracle = RunnerUpDrafter(len(prompt), reference, len(tokenizer))
-        engine = DiffuSpec(target, oracle, tokenizer, DiffuSpecConfig(draft_paths=paths, draft_length=6, cps_lambda=1.0))
-        out = engine.generate(prompt, max_new_tokens=48)
+        config = DiffuSpecConfig(tree_branches=branches, draft_length=6, cps_lambda=1.0)
+        out = DiffuSpec(target, oracle, tokenizer, config).generate(prompt, max_new_tokens=48)
         assert out.token_ids == reference
-        mat[paths] = out.stats.mean_accepted_tokens
-        if paths > 1:
-            assert any(out.stats.accepted_ranks)  # branches other than the best one were accepted
-            assert max(out.stats.tree_sizes) > max(out.stats.draft_lengths)
+        mat[branches] = out.stats.mean_accepted_tokens
+        if branches:
+            assert any(out.stats.accepted_ranks)  # branches off the draft path were accepted
+            assert max(out.stats.tree_sizes) == 6 + branches
         else:
             assert not any(out.stats.accepted_ranks) and out.stats.tree_sizes == out.stats.draft_lengths
-    assert mat[4] > mat[2] > mat[1]
+    assert mat[12] > mat[4] > mat[0]
 
 
 def test_a_sliding_window_target_verifies_one_path(tokenizer, drafter):
     """A sliding-window layer keeps W - 1 positions and gets its windowed mask from the model: no tree there
-    (tree.py), so draft_paths falls back to single paths, still lossless."""
+    (tree.py), so tree_branches falls back to single paths, still lossless."""
     target = _family("mistral", len(tokenizer))
     assert not supports_tree(target, new_cache(target))
     prompt = tokenizer("the quick fox")["input_ids"]
-    out = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(draft_paths=4)).generate(prompt, max_new_tokens=24)
+    out = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(tree_branches=4)).generate(prompt, max_new_tokens=24)
     assert out.token_ids == hf_greedy(target, prompt, 24)
     assert out.stats.tree_sizes == out.stats.draft_lengths
 
 
 def test_sampled_trees_follow_the_target_distribution():
     """Gumbel-max verification of a tree is greedy verification of log p + g (tree.py): the chi-square check of
-    test_sampling.py with three paths per tree."""
+    test_sampling.py with three branch nodes around each draft path."""
     tokenizer = char_tokenizer("abc")
     target, drafter = make_target("llama", len(tokenizer), seed=11), make_diffusion_drafter(len(tokenizer), seed=12)
-    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(draft_paths=3, draft_length=3))
+    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(tree_branches=3, draft_length=3))
     prompt = tokenizer("ab")["input_ids"]
     exact = exact_sequence_distribution(target, prompt, engine.eos_token_ids, SAMPLING)
     samples, ranks, sizes = Counter(), 0, []
@@ -183,33 +253,48 @@ def test_sampled_trees_follow_the_target_distribution():
     assert goodness_of_fit(samples, exact) > ALPHA
 
 
-def _policy(max_paths: int, verify_seconds) -> CostAwarePolicy:
+def _policy(verify_seconds, max_branches: int = 16) -> CostAwarePolicy:
     costs = MachineCosts.empty()
     for size in (1, 2, 4, 8, 16, 32, 64):
         costs.verify.observe(size, verify_seconds(size))
     costs.other.observe(1, 0.0)
     policy = CostAwarePolicy(costs, "diffuspec", k_min=1, k_max=8, search=True, adaptive_search=False,
-                             max_paths=max_paths)
+                             max_branches=max_branches)
     policy.draft_cost.observe(8, 1e-3)
     policy.search_cost.observe(8, 1e-4)
     return policy
 
 
-@pytest.mark.parametrize("verify_seconds, tree_wins", [
-    (lambda size: 0.01, True),  # verified tokens nearly free (a GPU): the tree's extra tokens pay
-    (lambda size: 0.01 * size, False),  # every verified token costs as much as a step (a CPU at worst)
+VALUES = [0.5, 0.3, 0.2, 0.1, 0.05, 0.01]
+
+
+FREE, LINEAR, MODERATE = (lambda size: 0.01), (lambda size: 0.01 * size), (lambda size: 0.01 + 0.001 * size)
+
+
+@pytest.mark.parametrize("verify_seconds, values, taken", [
+    (FREE, VALUES, len(VALUES)),  # verified tokens free (a GPU at small sizes): every branch pays
+    # each verified token costs the same (a CPU at worst): a branch pays while its value beats the path's
+    # expected tokens per verified token, here E(8) / 9 = 2 / 9 (prior acceptance 1/2)
+    (LINEAR, VALUES, 2),
+    (LINEAR, [0.2, 0.1, 0.05], 0),
+    (MODERATE, VALUES, 3),
 ])
-def test_the_cost_policy_keeps_the_tree_only_where_it_pays(verify_seconds, tree_wins):
-    policy = _policy(4, verify_seconds)
-    assert policy.choose(8).paths == 4  # the first step explores the tree
-    for _ in range(40):  # the tree accepts 3 of 8 where its best path alone accepts 1
-        policy.observe(StepFeedback(8, 3, 8, None, 1e-3, 1e-4, tree_size=20, best_path_match=1))
-    choices = [policy.choose(8).paths for _ in range(16)]
-    assert Counter(choices)[4 if tree_wins else 1] >= 14  # the loser only as a rare probe
-    assert _policy(1, verify_seconds).choose(8).paths == 1
+def test_the_cost_policy_takes_the_branches_that_pay(verify_seconds, values, taken):
+    policy = _policy(verify_seconds)
+    assert policy.choose(8).branches == 16  # the most it may add; it sizes the tree once it sees the values
+    path_tokens = policy.tree_branches(8, [])[1]
+    assert path_tokens == pytest.approx(2.0, abs=0.01)
+    branches, predicted = policy.tree_branches(8, values)
+    assert branches == taken
+    assert predicted == pytest.approx(path_tokens + sum(values[:taken]))  # calibration 1 so far
+    assert _policy(verify_seconds, max_branches=0).choose(8).branches == 0
 
 
-def test_a_tree_of_one_path_stays_a_path():
-    costs = MachineCosts(CostCurve(), {}, {}, CostCurve())
-    policy = CostAwarePolicy(costs, "diffuspec", k_min=1, k_max=8, search=False, adaptive_search=False, max_paths=4)
-    assert policy.choose(8).paths == 1  # no path search, no paths to merge
+def test_the_cost_policy_stops_branching_when_branches_deliver_less_than_their_values():
+    policy = _policy(MODERATE)
+    policy.choose(8)
+    assert policy.tree_branches(8, VALUES)[0] == 3
+    for _ in range(40):  # trees whose branches never carry an accepted token: the path alone accepted as much
+        policy.tree_branches(8, VALUES)
+        policy.observe(StepFeedback(8, 3, 8, None, 1e-3, 1e-4, tree_size=10, best_path_match=3))
+    assert policy.tree_branches(8, VALUES)[0] == 0
