@@ -267,13 +267,13 @@ def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
     ax.set_title("per-position acceptance (given the position was drafted)")
     ax.set_xlabel("draft position")
     ax.legend(fontsize=7)
-    trees = {name: t for name, t in traces.items() if name.startswith("diffuspec-tree")}
-    ax = axes[0][2]  # multi-path verification: which path's branch was accepted, and how large the trees were
+    trees = {name: t for name, t in traces.items() if "-tree" in name}
+    ax = axes[0][2]  # tree verification: which of the tree's paths carried the accepted branch, and tree sizes
     for name, t in trees.items():
         ranks = [r for r, a in zip(t["accepted_ranks"], t["accepted_lengths"]) if a]  # steps that accepted any
         ax.hist(ranks, bins=range(0, max(ranks, default=0) + 2), alpha=0.6, label=name, align="left")
     ax.set_title("accepted path rank (steps accepting a draft token)")
-    ax.set_xlabel("rank of the path (0: CPS's best)")
+    ax.set_xlabel("rank of the tree's path (0: the draft path)")
     ax = axes[1][2]
     for name, t in trees.items():
         ax.hist(t["tree_sizes"], bins=30, alpha=0.6, label=name)
