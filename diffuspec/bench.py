@@ -118,13 +118,18 @@ def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> 
         methods["diffuspec"] = engine_runner(engine.with_config(cps=True, draft_length=None), "diffuspec")
         methods["diffuspec-adl"] = engine_runner(engine.with_config(length_policy="adl", draft_length=None), "diffuspec")
         methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False, draft_length=None), "diffuspec")
-        # tree verification (tree.py): the cost policy sizing trees of up to 16 branch nodes, and fixed trees
-        methods["diffuspec-tree"] = engine_runner(engine.with_config(tree_branches=16, draft_length=None), "diffuspec")
+        # tree verification (tree.py): the cost policy sizing trees of up to 8 paths and 16 added nodes (the best
+        # measured), the draft_paths sweep, and fixed trees
+        methods["diffuspec-tree"] = engine_runner(
+            engine.with_config(draft_paths=8, tree_branches=16, draft_length=None), "diffuspec")
+        for paths in (2, 4):
+            methods[f"diffuspec-paths-{paths}"] = engine_runner(
+                engine.with_config(draft_paths=paths, tree_branches=None, draft_length=None), "diffuspec")
         for k in fixed_ks:
             methods[f"diffuspec-k{k}"] = engine_runner(engine.with_config(cps=True, draft_length=k), "diffuspec")
-        for k, branches in ((8, 8), (16, 8), (16, 16)):
+        for k, branches in ((8, 8), (16, 8), (16, 16)):  # M added nodes make at most M + 1 paths: no path limit
             methods[f"diffuspec-k{k}-tree{branches}"] = engine_runner(
-                engine.with_config(draft_length=k, tree_branches=branches), "diffuspec")
+                engine.with_config(draft_length=k, draft_paths=branches + 1, tree_branches=branches), "diffuspec")
         k = engine.config.k_max
         methods[f"diffuspec-no-cps-k{k}"] = engine_runner(engine.with_config(cps=False, draft_length=k), "diffuspec")
     return methods
@@ -267,11 +272,11 @@ def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
     ax.set_title("per-position acceptance (given the position was drafted)")
     ax.set_xlabel("draft position")
     ax.legend(fontsize=7)
-    trees = {name: t for name, t in traces.items() if "-tree" in name}
+    trees = {name: t for name, t in traces.items() if "-tree" in name or "-paths-" in name}
     ax = axes[0][2]  # tree verification: which of the tree's paths carried the accepted branch, and tree sizes
     for name, t in trees.items():
         ranks = [r for r, a in zip(t["accepted_ranks"], t["accepted_lengths"]) if a]  # steps that accepted any
-        ax.hist(ranks, bins=range(0, max(ranks, default=0) + 2), alpha=0.6, label=name, align="left")
+        ax.hist(ranks, bins=range(max(ranks, default=0) + 2), alpha=0.6, label=name, align="left")
     ax.set_title("accepted path rank (steps accepting a draft token)")
     ax.set_xlabel("rank of the tree's path (0: the draft path)")
     ax = axes[1][2]

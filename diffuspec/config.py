@@ -41,11 +41,14 @@ class DiffuSpecConfig:
     cps_beam_width: int = 3
     cps_tau: float = 0.8
     cps_max_candidates: int = 15
-    # Tree verification (tree.py): up to this many of the drafter's runners-up (best-first by the product of
-    # their marginals) added to the draft path as a token tree, verified in the same target pass; 0 is a single
-    # path. With the cost policy it is the most it may add: it takes a branch only while its expected tokens pay
-    # for its verification time.
-    tree_branches: int = 0
+    # Tree verification (tree.py): the drafter's runners-up (best-first by the product of their marginals) added
+    # to the draft path as a token tree, verified in the same target pass. draft_paths: the most root-to-leaf
+    # paths the tree may hold (1: a single path, no tree). tree_branches: the most nodes added to the draft path
+    # (None: as many as draft_paths full-depth paths need, (draft_paths - 1) x the step's draft length). With
+    # the cost policy these are the most it may use: it takes a node only while its expected tokens pay for its
+    # verification time.
+    draft_paths: int = 1
+    tree_branches: int | None = None
     # Weight of the drafter against the causal proxy; None: the paper's 0.5 when the drafter ships a corpus
     # n-gram table (the paper's KenLM role), else 0.9, because a proxy that only learns from the prompt and
     # output so far deserves less say (on the demo pair, online proxy only, lambda 0.5 / 0.7 / 0.9 / 1.0
@@ -108,7 +111,16 @@ class DiffuSpecConfig:
         )
         need(0.0 <= self.cps_corpus_weight <= 1.0, f"cps_corpus_weight must be in [0, 1], got {self.cps_corpus_weight}")
         need(self.cps_beam_width >= 1 and self.cps_max_candidates >= 1, "CPS beam width and candidates must be >= 1")
-        need(self.tree_branches >= 0, f"tree_branches must be >= 0 (0: a single path), got {self.tree_branches}")
+        need(self.draft_paths >= 1, f"draft_paths must be >= 1 (1: a single path), got {self.draft_paths}")
+        need(
+            self.tree_branches is None or self.tree_branches >= 1,
+            f"tree_branches must be >= 1 (or None: as many as draft_paths full paths need), got {self.tree_branches}",
+        )
+        need(
+            self.tree_branches is None or self.draft_paths > 1,
+            f"tree_branches={self.tree_branches} sizes a tree, but draft_paths=1 verifies a single path: set "
+            "draft_paths > 1 (e.g. draft_paths=4) to verify a tree, or leave tree_branches=None",
+        )
         need(self.denoising_steps >= 1, f"denoising_steps must be >= 1, got {self.denoising_steps}")
         need(
             self.draft_sampling != "proposal" or self.denoising_steps == 1,

@@ -29,7 +29,7 @@ from .loop import speculative_decode
 from .params import GenerationParams
 from .path_search import CorpusNGram, NGramProxy, PathSearch
 from .proposers import DraftProposer, Proposer, TargetOnly
-from .tree import supports_tree
+from .tree import SINGLE_PATH, TreeLimits, supports_tree
 from .verification import SamplingParams
 
 
@@ -120,7 +120,8 @@ class DiffuSpec:
         )
         self._costs = MachineCosts.empty()
         # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
-        self._tree_branches = cfg.tree_branches if supports_tree(target, new_cache(target)) else 0
+        self._tree_limits = (TreeLimits(cfg.draft_paths, cfg.tree_branches) if supports_tree(target, new_cache(target))
+                             else SINGLE_PATH)
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)
@@ -404,14 +405,14 @@ class DiffuSpec:
     def _length_policy(self, mode: str, sampling: SamplingParams) -> LengthPolicy:
         cfg = self.config
         search = cfg.cps and mode == "diffuspec"
-        branches = self._tree_branches if mode == "diffuspec" else 0
+        tree_limits = self._tree_limits if mode == "diffuspec" else SINGLE_PATH
         if cfg.draft_length is not None:
-            return FixedLength(cfg.draft_length, search, branches)
+            return FixedLength(cfg.draft_length, search, tree_limits)
         if cfg.length_policy == "adl":
             return ADLPolicy(k_min=cfg.k_min, k_max=cfg.k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search,
-                             branches=branches)
+                             tree_limits=tree_limits)
         return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=cfg.k_max, search=search,
-                               adaptive_search=sampling.greedy, max_branches=branches)
+                               adaptive_search=sampling.greedy, tree_limits=tree_limits)
 
     def _proposer(self, mode: str, prompt_ids: list[int], sampling: SamplingParams,
                   generator: torch.Generator | None) -> Proposer:

@@ -19,8 +19,9 @@ the drafter's argmax path (whose acceptance is known for free from every verific
 ``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
 where each verified token costs time.
 
-With ``tree_branches`` > 0 (``tree.py``) the policy also sizes the token tree, after drafting, once the
-drafter's marginals are known: branch node j (best first) is expected to add c * v_j accepted tokens, v_j its
+With ``draft_paths`` > 1 (``tree.py``) the policy also sizes the token tree, after drafting, once the
+drafter's marginals are known: of the branch nodes ``grow_tree`` offers within the limits (``draft_paths``
+paths, ``tree_branches`` nodes), node j (best first) is expected to add c * v_j accepted tokens, v_j its
 value, and adding the first m of them costs verify(k + 1 + m) - verify(k + 1), so it takes the m with the most
 expected tokens per second (m = 0: the single path, so a tree is never chosen where it does not pay). c
 calibrates the drafter's values: realised over predicted extra tokens of past tree steps (decayed, prior 1),
@@ -35,6 +36,8 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .tree import SINGLE_PATH, TreeLimits
 
 # ----- ADL (the paper's rule) ----------------------------------------------------------------------------
 
@@ -199,7 +202,7 @@ class MachineCosts:
 class LengthChoice:
     k: int
     search: bool  # run path search this step (else the argmax path)
-    branches: int = 0  # the most branch nodes to add to the draft path as a token tree (0: a single path)
+    tree_limits: TreeLimits = SINGLE_PATH  # how large a token tree around the draft path may grow
     predicted_tokens: float = math.nan  # E(k) under the policy's model; NaN when it makes none
 
 
@@ -222,7 +225,7 @@ class LengthPolicy(ABC):
 
     @abstractmethod
     def choose(self, room: int) -> LengthChoice:
-        """The next draft's length (at most ``room``), whether to search, how many tree branches at most."""
+        """The next draft's length (at most ``room``), whether to search, how large a tree at most."""
 
     def tree_branches(self, drafted: int, values: Sequence[float]) -> tuple[int, float]:
         """How many of the offered branch nodes (best first, with their values: ``tree.grow_tree``) to verify
@@ -235,21 +238,22 @@ class LengthPolicy(ABC):
 
 
 class FixedLength(LengthPolicy):
-    def __init__(self, k: int, search: bool, branches: int = 0) -> None:
-        self.k, self.search, self.branches = k, search, branches
+    def __init__(self, k: int, search: bool, tree_limits: TreeLimits = SINGLE_PATH) -> None:
+        self.k, self.search, self.tree_limits = k, search, tree_limits
 
     def choose(self, room: int) -> LengthChoice:
-        return LengthChoice(min(self.k, room), self.search, self.branches)
+        return LengthChoice(min(self.k, room), self.search, self.tree_limits)
 
 
 class ADLPolicy(LengthPolicy):
-    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool, branches: int = 0) -> None:
+    def __init__(self, *, k_min: int, k_max: int, delta: float, rho: float, search: bool,
+                 tree_limits: TreeLimits = SINGLE_PATH) -> None:
         self.state = ADLState(k=k_max)
         self.params = {"k_min": k_min, "k_max": k_max, "delta": delta, "rho": rho}
-        self.search, self.branches = search, branches
+        self.search, self.tree_limits = search, tree_limits
 
     def choose(self, room: int) -> LengthChoice:
-        return LengthChoice(min(self.state.k, room), self.search, self.branches)
+        return LengthChoice(min(self.state.k, room), self.search, self.tree_limits)
 
     def observe(self, feedback: StepFeedback) -> None:
         if feedback.drafted:
@@ -261,19 +265,20 @@ class CostAwarePolicy(LengthPolicy):
 
     ``search`` is the configured path search (CPS on or off); ``adaptive_search`` lets the policy switch it off
     while the argmax path earns more per second (only under greedy decoding, where the argmax path's acceptance
-    can be read off every verification). ``max_branches`` > 0 lets it add up to that many branch nodes to the
-    draft path as a token tree where they earn more per second (module docstring).
+    can be read off every verification). ``tree_limits`` lets it add branch nodes to the draft path as a token
+    tree, up to those limits, where they earn more per second (module docstring).
     """
 
     def __init__(self, costs: MachineCosts, kind: str, *, k_min: int, k_max: int, search: bool,
-                 adaptive_search: bool, probe_every: int = 8, max_branches: int = 0) -> None:
+                 adaptive_search: bool, probe_every: int = 8,
+                 tree_limits: TreeLimits = SINGLE_PATH) -> None:
         self.costs, self.k_min, self.k_max = costs, k_min, k_max
         self.draft_cost, self.search_cost = costs.drafting(kind)
         self.search_on = search
         self.adaptive = search and adaptive_search
         self.searched = AcceptanceEstimate(k_max)
         self.argmax = AcceptanceEstimate(k_max)
-        self.max_branches = max_branches
+        self.tree_limits = tree_limits
         self.branch_realised = self.branch_predicted = 1.0  # decayed extra tokens of tree steps; prior c = 1
         self.branch_decay = 0.95
         self.predicted_gain = 0.0  # the last tree's predicted extra tokens, c not applied
@@ -301,7 +306,7 @@ class CostAwarePolicy(LengthPolicy):
         k_max = min(self.k_max, room)
         if self.steps == 1 or not self.costs.verify.points:  # explore: one full-length draft first
             self.search = self.search_on
-            return LengthChoice(k_max, self.search_on, self.max_branches)
+            return LengthChoice(k_max, self.search_on, self.tree_limits)
         plans = {False: self._plan(self._alphas(False), False, k_max)}
         if self.search_on:
             plans[True] = self._plan(self._alphas(True), True, k_max)
@@ -310,7 +315,7 @@ class CostAwarePolicy(LengthPolicy):
             search = plans[True][2] >= plans[False][2] or self.steps % self.probe_every == 0
         k, tokens, _ = plans[search]
         self.search = search
-        return LengthChoice(k, search, self.max_branches, tokens)
+        return LengthChoice(k, search, self.tree_limits, tokens)
 
     def tree_branches(self, drafted: int, values: Sequence[float]) -> tuple[int, float]:
         path_tokens = expected_tokens(self._alphas(self.search), drafted)

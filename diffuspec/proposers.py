@@ -123,8 +123,9 @@ class DraftProposer(Proposer):
                 argmax = logprobs.argmax(dim=-1).tolist()
                 raw = argmax
                 paths = [self.path_search(logprobs, self.history, self.proxy, self.eos) if choice.search else argmax]
-                if choice.branches:  # the drafter's runners-up as a token tree around the path (tree.py)
-                    grown = grow_tree(logprobs, paths[0], choice.branches, ends=self.eos)
+                budget = choice.tree_limits.budget(len(paths[0]))
+                if budget:  # the drafter's runners-up as a token tree around the path (tree.py)
+                    grown = grow_tree(logprobs, paths[0], budget, paths=choice.tree_limits.paths, ends=self.eos)
                     branches, predicted = self.policy.tree_branches(len(paths[0]), grown.branch_values)
                     if branches:
                         paths = grown.paths(branches)

@@ -127,13 +127,34 @@ class GrownTree:
         return paths
 
 
-def grow_tree(logprobs: torch.Tensor, spine: Sequence[int], branches: int, *, candidates: int = TREE_CANDIDATES,
-              ends: Collection[int] = ()) -> GrownTree:
-    """The spine plus the ``branches`` best other nodes by value (module docstring), best first. ``logprobs``
-    [k, V] are the drafter's per-position log-probabilities; a node at depth d takes one of position d's
-    ``candidates`` most likely tokens, nodes go at most k deep, and none follows a token of ``ends`` (EOS).
-    Ties go to the node offered first (the shallower parent, then the likelier token), so the tree is
-    deterministic."""
+@dataclass(frozen=True)
+class TreeLimits:
+    """How large a verified token tree may grow (``DiffuSpecConfig.draft_paths`` and ``tree_branches``): at most
+    ``paths`` root-to-leaf paths (1: a single path, no tree) and ``branches`` nodes added to the draft path
+    (None: as many as ``paths`` full-depth paths need)."""
+
+    paths: int = 1
+    branches: int | None = None
+
+    def budget(self, drafted: int) -> int:
+        """The most nodes to add to a draft path of ``drafted`` tokens (0: no tree)."""
+        if self.paths == 1:
+            return 0
+        return (self.paths - 1) * drafted if self.branches is None else self.branches
+
+
+SINGLE_PATH = TreeLimits()
+
+
+def grow_tree(logprobs: torch.Tensor, spine: Sequence[int], branches: int, *, paths: int | None = None,
+              candidates: int = TREE_CANDIDATES, ends: Collection[int] = ()) -> GrownTree:
+    """The spine plus the ``branches`` best other nodes by value (module docstring), best first, in a tree of at
+    most ``paths`` root-to-leaf paths (None: no limit). ``logprobs`` [k, V] are the drafter's per-position
+    log-probabilities; a node at depth d takes one of position d's ``candidates`` most likely tokens, nodes go
+    at most k deep, and none follows a token of ``ends`` (EOS). A node under a parent that already has a child
+    (the root has the spine's) opens a new path; once there are ``paths``, such nodes are passed over, while
+    extending a path's leaf still grows the tree. Ties go to the node offered first (the shallower parent, then
+    the likelier token), so the tree is deterministic."""
     top_logprobs, top_tokens = logprobs.float().topk(min(candidates, logprobs.shape[-1]), dim=-1)
     # likelier first, the lower id on a tie (topk leaves the order of equal values open)
     top = [sorted(zip(t, p), key=lambda c: (-c[1], c[0])) for t, p in zip(top_tokens.tolist(), top_logprobs.exp().tolist())]
@@ -156,8 +177,17 @@ def grow_tree(logprobs: torch.Tensor, spine: Sequence[int], branches: int, *, ca
 
     for parent in range(-1, len(spine)):
         offer(parent, spine[parent + 1] if parent + 1 < len(spine) else None)
+    has_child = [True] * (len(spine) - 1) + [False] * bool(spine)  # the spine's nodes; the root always branches
+    leaves = 1 if spine else 0
     while frontier and len(tokens) < len(spine) + branches:
         negative_value, _, parent, token = heapq.heappop(frontier)
+        opens_path = parent < 0 or has_child[parent]
+        if opens_path and paths is not None and leaves >= paths:
+            continue  # leaves never go away, so this node never fits; nor do its children, never offered
+        leaves += opens_path
+        if parent >= 0:
+            has_child[parent] = True
+        has_child.append(False)
         tokens.append(token)
         parents.append(parent)
         values.append(-negative_value)

@@ -1,8 +1,8 @@
 """Tree verification (diffuspec/tree.py): the tree grown from the drafter's marginals is the best prefix-closed
-set of nodes; the tree's structure, mask and walk; one tree pass commits what one-token-at-a-time decoding
-commits and leaves the cache as if only the accepted path had been fed; greedy output is the target's own for 0,
-4 and 12 tree branches; sampled output keeps the target's distribution; the cost policy sizes the tree by
-expected tokens per second."""
+set of nodes, within a limit on its paths; the tree's structure, mask and walk; one tree pass commits what
+one-token-at-a-time decoding commits and leaves the cache as if only the accepted path had been fed; greedy
+output is the target's own for one path, draft_paths=4 and fixed node budgets; sampled output keeps the target's
+distribution; the config's tree knobs; the cost policy sizes the tree by expected tokens per second."""
 
 import itertools
 import math
@@ -16,10 +16,19 @@ from test_architectures import _family
 from test_sampling import NEW_TOKENS, SAMPLING, TRIALS, exact_sequence_distribution, goodness_of_fit
 from tiny_models import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 
-from diffuspec import DiffuSpec, DiffuSpecConfig, Draft, Drafter, SamplingParams
+from diffuspec import DiffuSpec, DiffuSpecConfig, DiffuSpecError, Draft, Drafter, SamplingParams
 from diffuspec.caches import new_cache
 from diffuspec.length import CostAwarePolicy, MachineCosts, StepFeedback
-from diffuspec.tree import build_tree, grow_tree, supports_tree, tree_attention, verify_tree, walk
+from diffuspec.tree import (
+    SINGLE_PATH,
+    TreeLimits,
+    build_tree,
+    grow_tree,
+    supports_tree,
+    tree_attention,
+    verify_tree,
+    walk,
+)
 
 ALPHA = 1e-3
 
@@ -63,6 +72,39 @@ def test_the_grown_tree_is_the_spine_plus_the_best_prefix_closed_nodes(seed):
         assert all(path[:-1] in nodes[:i] or len(path) == 1 for i, path in enumerate(nodes))  # parents first
         assert list(grown.branch_values) == pytest.approx(branch_values[:budget])  # the best ones, best first
         assert all(grown.values[i] == pytest.approx(values[path]) for i, path in enumerate(nodes))
+
+
+def _best_first(values: dict[tuple[int, ...], float], spine: list[int], budget: int,
+                 paths: int | None) -> list[tuple[int, ...]]:
+    """grow_tree's rule by brute force: every node in order of value, taken while the budget lasts if its parent
+    is in the tree and, when it opens a path (its parent already has a child), the tree has fewer than ``paths``."""
+    tree, leaves = [tuple(spine[:i]) for i in range(1, len(spine) + 1)], 1
+    for path, _ in sorted(values.items(), key=lambda item: -item[1]):
+        if len(tree) == len(spine) + budget:
+            break
+        if path in tree or (len(path) > 1 and path[:-1] not in tree):
+            continue
+        opens = len(path) == 1 or any(node[:-1] == path[:-1] for node in tree)
+        if opens and leaves == paths:
+            continue
+        leaves += opens
+        tree.append(path)
+    return tree
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_path_limit_keeps_the_best_nodes_that_fit(seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.randn(4, 5, generator=g).mul(1.5).softmax(-1)
+    spine = [int(t) for t in torch.randint(0, 5, (3,), generator=g)]
+    values = _all_nodes(probs, spine, candidates=3)
+    for budget, paths in itertools.product((0, 1, 5, 12, 200), (1, 2, 3, None)):
+        nodes = _grown_nodes(grow_tree(probs.log(), spine, budget, paths=paths, candidates=3))
+        assert nodes == _best_first(values, spine, budget, paths)
+        leaves = [node for node in nodes if not any(other[:-1] == node for other in nodes)]
+        assert len(leaves) <= (paths or math.inf)
+    # one path: only the spine's own continuation past its last token (k = 4 > 3 spine tokens)
+    assert [len(node) for node in _grown_nodes(grow_tree(probs.log(), spine, 200, paths=1, candidates=3))] == [1, 2, 3, 4]
 
 
 def test_growth_is_deterministic_on_ties_and_stops_at_eos():
@@ -202,45 +244,55 @@ class RunnerUpDrafter(Drafter):
         return Draft(logprobs=probs.log(), forwards=1)
 
 
+# (draft_paths, tree_branches): one path; the issue's 4 paths with their default node budget; node budgets that
+# leave the paths unlimited (M added nodes make at most M + 1 paths)
+TREES = [(1, None), (4, None), (5, 4), (13, 12)]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_greedy_output_is_the_targets_own_for_any_number_of_paths(arch, targets, drafter, tokenizer):
+def test_greedy_output_is_the_targets_own_for_any_tree(arch, targets, drafter, tokenizer):
     target = targets[arch]
     prompt = tokenizer("the quick brown fox")["input_ids"]
     reference = hf_greedy(target, prompt, 48)
     mat = {}
-    for branches in (0, 4, 12):
-        for config in (DiffuSpecConfig(tree_branches=branches), DiffuSpecConfig(tree_branches=branches, length_policy="adl")):
+    for paths, branches in TREES:
+        for policy in ("cost", "adl"):
+            config = DiffuSpecConfig(draft_paths=paths, tree_branches=branches, length_policy=policy)
             assert DiffuSpec(target, drafter, tokenizer, config).generate(prompt, max_new_tokens=48).token_ids == reference
         oracle = RunnerUpDrafter(len(prompt), reference, len(tokenizer))
-        config = DiffuSpecConfig(tree_branches=branches, draft_length=6, cps_lambda=1.0)
+        config = DiffuSpecConfig(draft_paths=paths, tree_branches=branches, draft_length=6, cps_lambda=1.0)
         out = DiffuSpec(target, oracle, tokenizer, config).generate(prompt, max_new_tokens=48)
         assert out.token_ids == reference
-        mat[branches] = out.stats.mean_accepted_tokens
-        if branches:
+        mat[paths, branches] = out.stats.mean_accepted_tokens
+        assert max(out.stats.accepted_ranks) < paths  # a path's rank is its index among the tree's paths
+        if paths > 1:
             assert any(out.stats.accepted_ranks)  # branches off the draft path were accepted
-            assert max(out.stats.tree_sizes) == 6 + branches
+            if branches:  # the fixed length's policy verifies all the nodes offered
+                assert max(out.stats.tree_sizes) == 6 + branches
+            else:  # 4 paths may branch below the root, so they need not fill the 3 x 6 nodes of full paths
+                assert 6 < max(out.stats.tree_sizes) <= 6 + (paths - 1) * 6
         else:
-            assert not any(out.stats.accepted_ranks) and out.stats.tree_sizes == out.stats.draft_lengths
-    assert mat[12] > mat[4] > mat[0]
+            assert out.stats.tree_sizes == out.stats.draft_lengths
+    assert mat[13, 12] > mat[5, 4] > mat[1, None] and mat[4, None] > mat[1, None]
 
 
 def test_a_sliding_window_target_verifies_one_path(tokenizer, drafter):
     """A sliding-window layer keeps W - 1 positions and gets its windowed mask from the model: no tree there
-    (tree.py), so tree_branches falls back to single paths, still lossless."""
+    (tree.py), so draft_paths falls back to single paths, still lossless."""
     target = _family("mistral", len(tokenizer))
     assert not supports_tree(target, new_cache(target))
     prompt = tokenizer("the quick fox")["input_ids"]
-    out = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(tree_branches=4)).generate(prompt, max_new_tokens=24)
+    out = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(draft_paths=4)).generate(prompt, max_new_tokens=24)
     assert out.token_ids == hf_greedy(target, prompt, 24)
     assert out.stats.tree_sizes == out.stats.draft_lengths
 
 
 def test_sampled_trees_follow_the_target_distribution():
     """Gumbel-max verification of a tree is greedy verification of log p + g (tree.py): the chi-square check of
-    test_sampling.py with three branch nodes around each draft path."""
+    test_sampling.py with trees of up to 4 paths (up to 9 nodes added to each 3-token draft path)."""
     tokenizer = char_tokenizer("abc")
     target, drafter = make_target("llama", len(tokenizer), seed=11), make_diffusion_drafter(len(tokenizer), seed=12)
-    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(tree_branches=3, draft_length=3))
+    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(draft_paths=4, draft_length=3))
     prompt = tokenizer("ab")["input_ids"]
     exact = exact_sequence_distribution(target, prompt, engine.eos_token_ids, SAMPLING)
     samples, ranks, sizes = Counter(), 0, []
@@ -253,13 +305,16 @@ def test_sampled_trees_follow_the_target_distribution():
     assert goodness_of_fit(samples, exact) > ALPHA
 
 
-def _policy(verify_seconds, max_branches: int = 16) -> CostAwarePolicy:
+UP_TO_16 = TreeLimits(paths=17, branches=16)  # 16 added nodes make at most 17 paths: no path limit
+
+
+def _policy(verify_seconds, tree_limits: TreeLimits = UP_TO_16) -> CostAwarePolicy:
     costs = MachineCosts.empty()
     for size in (1, 2, 4, 8, 16, 32, 64):
         costs.verify.observe(size, verify_seconds(size))
     costs.other.observe(1, 0.0)
     policy = CostAwarePolicy(costs, "diffuspec", k_min=1, k_max=8, search=True, adaptive_search=False,
-                             max_branches=max_branches)
+                             tree_limits=tree_limits)
     policy.draft_cost.observe(8, 1e-3)
     policy.search_cost.observe(8, 1e-4)
     return policy
@@ -281,13 +336,14 @@ FREE, LINEAR, MODERATE = (lambda size: 0.01), (lambda size: 0.01 * size), (lambd
 ])
 def test_the_cost_policy_takes_the_branches_that_pay(verify_seconds, values, taken):
     policy = _policy(verify_seconds)
-    assert policy.choose(8).branches == 16  # the most it may add; it sizes the tree once it sees the values
+    # the most it may use; it sizes the tree once it sees the values
+    assert policy.choose(8).tree_limits == UP_TO_16
     path_tokens = policy.tree_branches(8, [])[1]
     assert path_tokens == pytest.approx(2.0, abs=0.01)
     branches, predicted = policy.tree_branches(8, values)
     assert branches == taken
     assert predicted == pytest.approx(path_tokens + sum(values[:taken]))  # calibration 1 so far
-    assert _policy(verify_seconds, max_branches=0).choose(8).branches == 0
+    assert _policy(verify_seconds, SINGLE_PATH).choose(8).tree_limits.budget(8) == 0
 
 
 def test_the_cost_policy_stops_branching_when_branches_deliver_less_than_their_values():
@@ -298,3 +354,14 @@ def test_the_cost_policy_stops_branching_when_branches_deliver_less_than_their_v
         policy.tree_branches(8, VALUES)
         policy.observe(StepFeedback(8, 3, 8, None, 1e-3, 1e-4, tree_size=10, best_path_match=3))
     assert policy.tree_branches(8, VALUES)[0] == 0
+
+
+def test_draft_paths_and_tree_branches_size_the_tree():
+    assert TreeLimits().budget(8) == 0  # one path: no tree
+    assert TreeLimits(paths=4).budget(8) == 24  # room for 4 full-depth paths
+    assert TreeLimits(paths=4, branches=5).budget(8) == 5
+    for bad, named in [({"draft_paths": 0}, "draft_paths must be >= 1"),
+                       ({"draft_paths": 4, "tree_branches": 0}, "tree_branches must be >= 1"),
+                       ({"tree_branches": 16}, "set draft_paths > 1")]:
+        with pytest.raises(DiffuSpecError, match=named):
+            DiffuSpecConfig(**bad)
