@@ -135,6 +135,22 @@ def default_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 8, 16)) -> 
     return methods
 
 
+def dflash_methods(engine: DiffuSpec, dflash_model: torch.nn.Module) -> dict[str, Runner]:
+    """A DFlash drafter three ways: transformers' own loop (``hf-dflash``), the same drafter in our loop as DFlash
+    runs it (its whole block's argmax, ``dflash``), and with CPS and the default cost-aware length policy on its
+    block logits (``diffuspec-dflash``)."""
+    from .adapters.dflash import DFlashDrafter
+
+    drafter = DFlashDrafter(engine.target, dflash_model)
+    ours = DiffuSpec(engine.target, drafter, engine.tokenizer, engine.config, cps_ngram=engine.cps_ngram)
+    return {
+        "hf-dflash": transformers_runner(engine, assistant_model=dflash_model, speculation_type="dflash"),
+        "dflash": engine_runner(ours.with_config(cps=False, draft_length=drafter.max_draft), "diffuspec"),
+        "diffuspec-dflash": engine_runner(
+            ours.with_config(cps=True, draft_length=None, length_policy="cost", k_max=drafter.max_draft), "diffuspec"),
+    }
+
+
 def dlm_methods(engine: DiffuSpec) -> dict[str, Runner]:
     """The diffusion model decoded on its own, plain and with Spiffy (checked against plain)."""
     return {mode: engine_runner(engine, mode) for mode in ("dlm", "spiffy") if mode in engine.modes}

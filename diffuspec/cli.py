@@ -1,4 +1,4 @@
-"""The ``diffuspec`` command: generate, train-demo, align, bench.
+"""The ``diffuspec`` command: generate, train-demo, train-dflash, align, bench.
 
 Every user error (a bad option value, a missing or broken model or prompts file, a device this machine lacks)
 prints one line on stderr and exits with status 2, as argparse does for its own errors. torch and transformers
@@ -72,6 +72,23 @@ def _load_engine(args: argparse.Namespace, config: DiffuSpecConfig | None = None
         raise DiffuSpecError(f"cannot load the models: {_one_line(error)}") from error
 
 
+def _load_dflash(path: str, device):
+    """A DFlash drafter directory (``diffuspec train-dflash``), loaded as transformers loads it."""
+    from transformers import AutoModel
+
+    from .adapters.dflash import is_dflash
+
+    _check_model_path("--dflash", path)
+    try:
+        model = AutoModel.from_pretrained(path).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise DiffuSpecError(f"cannot load the DFlash drafter: {_one_line(error)}") from error
+    if not is_dflash(model):
+        raise DiffuSpecError(f"--dflash {path} holds a {model.config.model_type} model, not a DFlash drafter: "
+                             "train one with `diffuspec train-dflash`")
+    return model
+
+
 def _read_prompts(source: str | Path) -> list[str]:
     from .training import read_prompts
 
@@ -123,6 +140,20 @@ def _train_demo(args: argparse.Namespace) -> None:
     print(f"saved to {out}")
 
 
+def _train_dflash(args: argparse.Namespace) -> None:
+    from .loading import default_device
+    from .training.dflash import DFlashRecipe, train_dflash
+
+    _check_model_path("--target", args.target)
+    _check_device(args.device)
+    _require_positive(steps=args.steps, prompts=args.prompts, layers=args.layers, block_size=args.block_size)
+    given = {k: getattr(args, k) for k in ("steps", "prompts", "layers", "block_size") if getattr(args, k) is not None}
+    recipe = DFlashRecipe(**given)  # the recipe's defaults for what is not given
+    metrics = train_dflash(args.target, args.out, recipe, args.device or default_device())
+    print(json.dumps({k: metrics[k] for k in ("own_parameters", "target_layer_ids", "final_loss", "wall_seconds")}))
+    print(f"saved to {args.out}")
+
+
 def _align(args: argparse.Namespace) -> None:
     from safetensors import SafetensorError
 
@@ -163,7 +194,7 @@ def _replica_engine(name: str):
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .bench import default_methods, dlm_methods, markdown_table, run_benchmark, write_results
+    from .bench import default_methods, dflash_methods, dlm_methods, markdown_table, run_benchmark, write_results
     from .loading import EMBEDDED_DIR
 
     _require_positive(limit=args.limit, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
@@ -171,6 +202,9 @@ def _bench(args: argparse.Namespace) -> None:
     prompts = _read_prompts(source)[: args.limit]
     engine = _replica_engine(args.replica) if args.replica else _load_engine(args)
     methods = {**default_methods(engine), **dlm_methods(engine)}
+    dflash_dir = args.dflash or (EMBEDDED_DIR / "dflash" if (EMBEDDED_DIR / "dflash" / "config.json").exists() else None)
+    if dflash_dir is not None:
+        methods |= dflash_methods(engine, _load_dflash(str(dflash_dir), engine.device))
     chosen = args.methods or [name for name in methods if name not in ("dlm", "spiffy")]
     unknown = set(chosen) - set(methods)
     if unknown:
@@ -217,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep a target already in --out if it was trained with the same recipe")
     demo.set_defaults(run=_train_demo)
 
+    df = sub.add_parser("train-dflash", help="train a DFlash drafter (transformers' speculation_type=\"dflash\") "
+                        "for a causal target on its own greedy continuations")
+    df.add_argument("--target", required=True, help="local path of the AR target (with its tokenizer)")
+    df.add_argument("--out", required=True)
+    df.add_argument("--steps", type=int)
+    df.add_argument("--prompts", type=int,
+                    help="raw corpus prompts whose greedy continuations it learns from (chat prompts are added "
+                    "when the tokenizer has a chat template)")
+    df.add_argument("--layers", type=int)
+    df.add_argument("--block-size", type=int,
+                    help="anchor + drafted tokens per pass")
+    df.add_argument("--device")
+    df.set_defaults(run=_train_dflash)
+
     al = sub.add_parser("align", help="streak-distil a diffusion drafter towards an AR verifier")
     al.add_argument("--target", required=True)
     al.add_argument("--drafter", required=True)
@@ -253,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=1, help="passes over the prompts (their stats are summed)")
     bench.add_argument("--methods", nargs="+", help="subset of methods (the AR reference always runs; dlm and "
                        "spiffy, the drafter decoded on its own, run only when named, with dlm as their reference)")
+    bench.add_argument("--dflash", help="a DFlash drafter directory (train-dflash): adds hf-dflash, dflash and "
+                       "diffuspec-dflash (default: the package's demo/dflash/ when it exists)")
     bench.add_argument("--device")
     bench.add_argument("--out", default="bench-results")
     bench.set_defaults(run=_bench)

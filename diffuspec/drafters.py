@@ -30,8 +30,16 @@ class Draft:
 
 
 class Drafter(ABC):
+    # Indices into the target's ``hidden_states`` output (0: the embeddings) this drafter reads (a DFlash drafter
+    # conditions on target layers); empty: the target's verification passes need not return any.
+    hidden_layers: tuple[int, ...] = ()
+
     def reset(self) -> None:
         """Forget any state kept from an earlier generation."""
+
+    def observe_hidden_states(self, states: torch.Tensor) -> None:
+        """The target's hidden states at ``hidden_layers`` (concatenated: [m, len(hidden_layers) * hidden]) for
+        the next m committed positions, in order; called only when ``hidden_layers`` is not empty."""
 
     @abstractmethod
     def propose(

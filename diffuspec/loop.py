@@ -23,8 +23,14 @@ from .verification import SamplingParams, greedy_accept, gumbel_accept, position
 CALIBRATION_SIZES = (1, 2, 3, 5, 9, 17, 33)  # verified tokens timed once per engine (the cost curve's knots)
 
 
-def _verify(target: PreTrainedModel, cache, feed: torch.Tensor) -> torch.Tensor:
-    return target(input_ids=feed[None], past_key_values=cache, use_cache=True).logits[0]
+def _verify(target: PreTrainedModel, cache, feed: torch.Tensor,
+            hidden_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [len(feed), V] and, when ``hidden_layers`` are asked for, the hidden states at those layers
+    concatenated ([len(feed), len(hidden_layers) * hidden]; None otherwise)."""
+    if not hidden_layers:
+        return target(input_ids=feed[None], past_key_values=cache, use_cache=True).logits[0], None
+    out = target(input_ids=feed[None], past_key_values=cache, use_cache=True, output_hidden_states=list(hidden_layers))
+    return out.logits[0], torch.cat([out.hidden_states[i][0] for i in hidden_layers], dim=-1)
 
 
 def calibrate_verification(target: PreTrainedModel, cache, last: torch.Tensor, costs: MachineCosts,
@@ -58,8 +64,11 @@ def speculative_decode(
     ids[:n] = torch.tensor(prompt_ids, dtype=torch.long)
     cache = new_cache(target)
     start = clock()
+    layers = proposer.hidden_layers
     if n > 1:  # the cache holds all committed tokens but the last
-        _verify(target, cache, ids[: n - 1])
+        _, hidden = _verify(target, cache, ids[: n - 1], layers)
+        if layers:
+            proposer.observe_hidden_states(hidden)
         rollback(cache, 0)  # sliding layers keep only their window of the prompt
         stats.counts["target_forwards"] += 1
     if calibrate_up_to and not costs.verify.points:
@@ -73,11 +82,14 @@ def speculative_decode(
         d = verified = draft.numel()
         t1 = clock()
         if tree is not None:  # several paths in one pass (tree.py)
+            if layers:
+                raise ValueError("a drafter that reads the target's hidden states cannot verify token trees yet: "
+                                 "set draft_paths=1 (tree_branches=None)")
             verdict = verify_tree(target, cache, ids[n - 1 : n], tree, sampling, seed, emitter.generated)
             draft, next_token, rank = tree.tokens[verdict.accepted_nodes], verdict.next_token, verdict.rank
             accepted, d = draft.numel(), tree.depth
         else:
-            logits = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]))
+            logits, hidden = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]), layers)
             if sampling.greedy:
                 accepted, next_token = greedy_accept(draft, logits)
             elif proposal.probs is None:  # a deterministic draft: Gumbel-max verification (verification.py)
@@ -86,6 +98,8 @@ def speculative_decode(
             else:
                 accepted, next_token = sample_accept(draft, proposal.probs, sampling.probs(logits), generator)
             rollback(cache, d - accepted)
+            if layers:  # the positions the cache kept: the last committed token and the accepted drafts
+                proposer.observe_hidden_states(hidden[: accepted + 1])
         t2 = clock()
 
         tokens, finish = emitter.commit([*draft[:accepted].tolist(), next_token])

@@ -45,12 +45,21 @@ class Outcome:
 
 
 class Proposer(ABC):
+    # Target hidden-state layers the proposer needs for committed tokens (``Drafter.hidden_layers``); the loop
+    # asks the target's passes for them only when this is not empty.
+    hidden_layers: tuple[int, ...] = ()
+
     @abstractmethod
     def propose(self, context: torch.Tensor, room: int) -> Proposal:
         """A draft of at most ``room`` tokens after ``context`` ([n] committed token ids)."""
 
     def observe(self, outcome: Outcome) -> None:
         """Learn from the verification of the last proposal."""
+
+    def observe_hidden_states(self, states: torch.Tensor) -> None:
+        """The target's hidden states at ``hidden_layers`` for the next committed positions the target's cache
+        took (``Drafter.observe_hidden_states``): the prompt but its last token after prefill, then per step the
+        verified last token and the accepted draft tokens."""
 
     def close(self) -> None:
         """Free per-request resources (caches)."""
@@ -96,6 +105,7 @@ class DraftProposer(Proposer):
         self.proxy.reset()
         self.proxy.extend(self.history)
         self.drafter.reset()
+        self.hidden_layers = drafter.hidden_layers
         # paths, their tree (None: one path), argmax, L_gen, seconds of drafting and search
         self._last: tuple[list[list[int]], TokenTree | None, list[int] | None, int, float, float] | None = None
 
@@ -139,6 +149,9 @@ class DraftProposer(Proposer):
         self._last = (paths, tree, argmax if searched else None, generated_length(raw, choice.k, self.eos),
                       t1 - t0, t2 - t1 if searched else 0.0)
         return Proposal(tokens, probs, draft.forwards, t1 - t0, t2 - t1, predicted, tree)
+
+    def observe_hidden_states(self, states: torch.Tensor) -> None:
+        self.drafter.observe_hidden_states(states)
 
     def observe(self, outcome: Outcome) -> None:
         self.history += outcome.committed
