@@ -41,9 +41,9 @@ class DecodingStats:
     draft_lengths: tuple[int, ...] = ()
     accepted_lengths: tuple[int, ...] = ()
     predicted_tokens: tuple[float, ...] = ()
-    # Multi-path verification, per step: the rank of the best path through the accepted branch (0: the best
-    # path, or nothing accepted) and the tokens verified besides the root (the tree size; the draft length for
-    # a single path).
+    # Tree verification, per step: the rank of the tree's path the accepted branch lies on (0: the draft path,
+    # or nothing accepted) and the tokens verified besides the root (the tree size; the draft length for a
+    # single path).
     accepted_ranks: tuple[int, ...] = ()
     tree_sizes: tuple[int, ...] = ()
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
