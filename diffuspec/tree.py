@@ -15,11 +15,11 @@ sampling of log p + Gumbel noise that depends on the seed and the absolute outpu
 decoding would: a tree changes how many tokens a pass commits, never which. Afterwards the cache keeps the
 context, the root and the accepted nodes, in order; the other branches are dropped.
 
-Supported targets: every cache layer a plain full-attention ``DynamicLayer`` and attention "eager" or "sdpa"
-(both take a custom 4D additive mask as-is in transformers 5.23). A sliding-window layer keeps only its last
-W - 1 positions and the model builds its windowed mask itself per layer type, so a tree over it would need a
-per-layer mask and a window-aware compaction; such targets (and flash attention, which takes no 4D mask) fall
-back to single-path verification (``supports_tree``).
+Supported targets: every cache layer a plain full-attention ``DynamicLayer`` or ``BufferedLayer`` and attention
+"eager" or "sdpa" (both take a custom 4D additive mask as-is in transformers 5.23). A sliding-window layer keeps
+only its last W - 1 positions and the model builds its windowed mask itself per layer type, so a tree over it
+would need a per-layer mask and a window-aware compaction; such targets (and flash attention, which takes no 4D
+mask) fall back to single-path verification (``supports_tree``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from .caches import rollback
+from .caches import BufferedLayer, rollback
 from .verification import SamplingParams, position_gumbel
 
 TREE_ATTENTION = ("eager", "sdpa")  # implementations that use a 4D additive mask as given
@@ -242,7 +242,7 @@ def compact_cache(cache: DynamicCache, past_length: int, accepted: Sequence[int]
 def supports_tree(model: PreTrainedModel, cache: DynamicCache) -> bool:
     """Whether ``model`` can verify a tree into ``cache`` (module docstring: otherwise single path)."""
     attention = getattr(model.config, "_attn_implementation", None)
-    return attention in TREE_ATTENTION and all(type(layer) is DynamicLayer for layer in cache.layers)
+    return attention in TREE_ATTENTION and all(type(layer) in (DynamicLayer, BufferedLayer) for layer in cache.layers)
 
 
 @dataclass(frozen=True)

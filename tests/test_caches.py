@@ -1,0 +1,72 @@
+"""The verification cache: plain full-attention layers live in preallocated buffers (``BufferedLayer``); a forward
+through them computes exactly what transformers' ``DynamicCache`` does, through growth, rollbacks and a tree
+compaction, and a rollback moves no data."""
+
+import pytest
+import torch
+from tiny_models import PAD, _init, make_target
+from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers.cache_utils import DynamicSlidingWindowLayer
+
+from diffuspec.caches import BufferedLayer, new_cache, rollback
+from diffuspec.tree import compact_cache
+
+VOCAB = 32
+
+
+def _reference_cache(model) -> DynamicCache:
+    cache = DynamicCache(config=model.config)
+    cache.activate_past_recording()
+    return cache
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@torch.inference_mode()
+def test_a_buffered_cache_computes_what_the_dynamic_cache_does(arch):
+    model = make_target(arch, VOCAB)
+    buffered, reference = new_cache(model), _reference_cache(model)
+    assert all(type(layer) is BufferedLayer for layer in buffered.layers)
+    g = torch.Generator().manual_seed(0)
+    # prefill, then verification-like steps: feeds of 1..33 tokens (the buffers grow several times), rejected
+    # tails rolled back, and once a tree-style compaction that keeps some positions out of order
+    script = [(40, 0), (1, 0), (5, 3), (17, 16), (33, 2), (2, 1), (9, 9), ("compact", None), (3, 0), (33, 30)]
+    for size, drop in script:
+        if size == "compact":
+            past = buffered.get_seq_length() - 6
+            for cache in (buffered, reference):
+                compact_cache(cache, past, [1, 3, 4])
+            continue
+        feed = torch.randint(4, VOCAB, (1, size), generator=g)
+        logits = [model(input_ids=feed, past_key_values=cache, use_cache=True).logits for cache in (buffered, reference)]
+        assert torch.equal(*logits)
+        for cache in (buffered, reference):
+            rollback(cache, drop)
+        assert buffered.get_seq_length() == reference.get_seq_length()
+        for mine, theirs in zip(buffered.layers, reference.layers):
+            assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+
+
+@torch.inference_mode()
+def test_a_rollback_moves_no_data_and_a_forward_writes_in_place():
+    model = make_target("llama", VOCAB)
+    cache = new_cache(model)
+    model(input_ids=torch.full((1, 20), 5), past_key_values=cache, use_cache=True)
+    layer = cache.layers[0]
+    buffer, room = layer.key_buffer, layer.key_buffer.shape[-2]
+    assert room >= 2 * 20  # geometric: room to spare, not one allocation per step
+    rollback(cache, 4)
+    assert layer.keys.data_ptr() == buffer.data_ptr() and layer.get_seq_length() == 16
+    model(input_ids=torch.full((1, 7), 6), past_key_values=cache, use_cache=True)
+    assert layer.key_buffer is buffer and layer.keys.shape[-2] == 23  # written in place, returned as a view
+    model(input_ids=torch.full((1, room), 7), past_key_values=cache, use_cache=True)
+    assert layer.key_buffer.shape[-2] >= 2 * (23 + room)  # grown when full
+    assert torch.equal(layer.keys[..., :23, :], buffer[..., :23, :])  # with what it held
+
+
+def test_only_plain_full_attention_layers_are_buffered():
+    config = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=PAD,
+                              bos_token_id=None, eos_token_id=1)
+    layers = new_cache(_init(Gemma3ForCausalLM(config), seed=0, scale=0.3)).layers
+    assert [type(layer) for layer in layers] == [DynamicSlidingWindowLayer, BufferedLayer]
