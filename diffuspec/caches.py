@@ -15,8 +15,9 @@ targets whose sparse attention selects keys differently in a block pass (``check
 
 Plain full-attention layers are ``BufferedLayer``s: their keys and values are views of buffers that grow
 geometrically, so a forward writes its new positions in place instead of concatenating the whole cache
-(``DynamicLayer``'s ``torch.cat``: ~0.8 ms of a 6 ms verification pass of the demo target at context 100), and
-a rollback only shortens the views. Every other layout keeps transformers' own layer.
+(``DynamicLayer``'s ``torch.cat``, whose cost grows with the context: an update and a rollback of one layer took
+30 / 65 / 158 us at 100 / 500 / 2000 positions, against 30 us at any length here), and a rollback only shortens
+the views. Every other layout keeps transformers' own layer.
 """
 
 from __future__ import annotations
