@@ -110,10 +110,12 @@ class AcceptanceEstimate:
     """Per-position conditional acceptance alpha_i, from decayed counts with a weak prior.
 
     A step that drafted d tokens and had m accepted tried positions 0..min(m, d - 1) and accepted 0..m-1; a
-    censored observation (we only know the first ``tried`` positions) counts just those. Each position shrinks
-    towards the pooled rate of all positions (itself shrunk towards ``prior``), so a position never drafted yet
-    is expected to do about as well as those that were: a fixed prior there would make short drafts look safest
-    and keep the policy from ever trying longer ones.
+    censored observation (we only know the first ``tried`` positions) counts just those. Position 0 shrinks
+    towards the pooled rate of all positions (itself shrunk towards ``prior``) and each later position towards
+    the estimate of the one before it, so a position never drafted yet is expected to do as well as the deepest
+    one that was. Conditional acceptance rises with depth (a drafter that got this far is in step with the
+    target), so the pooled rate, dominated by the shallow positions every step tries, would make the positions
+    beyond the current draft look worse than they are and keep the policy from ever drafting longer.
     """
 
     def __init__(self, length: int, prior: float = 0.5, prior_weight: float = 2.0, decay: float = 0.95) -> None:
@@ -131,8 +133,12 @@ class AcceptanceEstimate:
 
     def alphas(self) -> list[float]:
         w = self.prior_weight
-        pooled = (sum(self.accepted) + w * self.prior) / (sum(self.tried) + w)
-        return [(a + w * pooled) / (t + w) for a, t in zip(self.accepted, self.tried)]
+        anchor = (sum(self.accepted) + w * self.prior) / (sum(self.tried) + w)  # pooled, shrunk to the prior
+        alphas = []
+        for a, t in zip(self.accepted, self.tried):
+            anchor = (a + w * anchor) / (t + w)
+            alphas.append(anchor)
+        return alphas
 
 
 class CostCurve:

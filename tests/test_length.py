@@ -113,11 +113,30 @@ def test_acceptance_estimate_counts_tried_positions_only():
     estimate = AcceptanceEstimate(4, prior=0.5, prior_weight=2.0, decay=1.0)
     assert estimate.alphas() == [0.5] * 4
     estimate.observe(accepted=2, tried=3)  # positions 0, 1 accepted, 2 rejected, 3 never tried
-    pooled = (2 + 1) / (3 + 2)  # all positions together, shrunk to the prior; each position shrinks to it
-    assert estimate.alphas() == pytest.approx([(1 + 2 * pooled) / 3] * 2 + [2 * pooled / 3, pooled])
+    pooled = (2 + 1) / (3 + 2)  # all positions together, shrunk to the prior: position 0's anchor
+    a0 = (1 + 2 * pooled) / 3
+    a1 = (1 + 2 * a0) / 3  # each later position shrinks to the one before it
+    a2 = 2 * a1 / 3
+    assert estimate.alphas() == pytest.approx([a0, a1, a2, a2])  # never tried: as the deepest tried one
     estimate.observe(accepted=0, tried=1)
     pooled = (2 + 1) / (4 + 2)
-    assert estimate.alphas() == pytest.approx([(1 + 2 * pooled) / 4, (1 + 2 * pooled) / 3, 2 * pooled / 3, pooled])
+    a0 = (1 + 2 * pooled) / 4
+    a1 = (1 + 2 * a0) / 3
+    a2 = 2 * a1 / 3
+    assert estimate.alphas() == pytest.approx([a0, a1, a2, a2])
+
+
+def test_untried_positions_expect_the_deepest_tried_rate_not_the_pooled_one():
+    """Deep positions are accepted more often once reached (a drafter in step with its target): a policy that
+    has only drafted 2 tokens must not think a third would do as badly as the shallow positions' average."""
+    estimate = AcceptanceEstimate(6, prior=0.5, prior_weight=2.0, decay=1.0)
+    for _ in range(20):
+        estimate.observe(accepted=0, tried=1)  # position 0 often fails...
+        estimate.observe(accepted=2, tried=2)  # ...but once it passes, position 1 always does
+    alphas = estimate.alphas()
+    pooled = (40 + 2 * 0.5) / (60 + 2)
+    assert alphas[1] > 0.9 and alphas[2] == pytest.approx(alphas[1]) and alphas[5] == pytest.approx(alphas[1])
+    assert alphas[2] > pooled + 0.2
 
 
 def test_acceptance_estimate_forgets_old_steps():
@@ -126,7 +145,8 @@ def test_acceptance_estimate_forgets_old_steps():
     estimate.observe(accepted=2, tried=2)
     # decayed counts: tried 0.5 + 1 = 1.5, accepted 0 * 0.5 + 1 = 1 at both positions
     pooled = (2 + 1) / (3 + 2)
-    assert estimate.alphas() == pytest.approx([(1 + 2 * pooled) / (1.5 + 2)] * 2)
+    a0 = (1 + 2 * pooled) / (1.5 + 2)
+    assert estimate.alphas() == pytest.approx([a0, (1 + 2 * a0) / (1.5 + 2)])
 
 
 def test_cost_curve_interpolates_and_extrapolates():
