@@ -122,6 +122,11 @@ class DiffuSpec:
         # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
         self._tree_limits = (TreeLimits(cfg.draft_paths, cfg.tree_branches) if supports_tree(target, new_cache(target))
                              else SINGLE_PATH)
+        if cfg.draft_paths > 1 and getattr(drafter, "hidden_layers", ()):
+            raise DiffuSpecError(
+                f"draft_paths={cfg.draft_paths}: a drafter that reads the target's hidden states (e.g. DFlash) cannot "
+                "verify token trees yet; use draft_paths=1 with this drafter"
+            )
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)

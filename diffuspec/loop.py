@@ -82,9 +82,6 @@ def speculative_decode(
         d = verified = draft.numel()
         t1 = clock()
         if tree is not None:  # several paths in one pass (tree.py)
-            if layers:
-                raise ValueError("a drafter that reads the target's hidden states cannot verify token trees yet: "
-                                 "set draft_paths=1 (tree_branches=None)")
             verdict = verify_tree(target, cache, ids[n - 1 : n], tree, sampling, seed, emitter.generated)
             draft, next_token, rank = tree.tokens[verdict.accepted_nodes], verdict.next_token, verdict.rank
             accepted, d = draft.numel(), tree.depth

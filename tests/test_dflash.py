@@ -14,6 +14,7 @@ from transformers import AutoModel, MuseGlimmerAssistantConfig, MuseGlimmerAssis
 from diffuspec import DiffuSpec, DiffuSpecConfig
 from diffuspec.adapters.dflash import DFlashDrafter
 from diffuspec.bench import dflash_methods
+from diffuspec.config import DiffuSpecError
 
 PROMPTS = ["the cat sat on", "a", "hello world, hello"]
 
@@ -129,3 +130,9 @@ def test_train_dflash_end_to_end(tmp_path):
     out = target.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=16, eos_token_id=EOS,
                           pad_token_id=PAD, assistant_model=dflash, speculation_type="dflash")
     assert out[0, len(ids):].tolist() == hf_greedy(target, ids, 16)
+
+
+def test_trees_with_a_hidden_state_drafter_are_refused_when_built(tokenizer, targets):
+    target = targets["llama"]
+    with pytest.raises(DiffuSpecError, match="draft_paths=1"):
+        DiffuSpec(target, DFlashDrafter(target, make_dflash(target)), tokenizer, DiffuSpecConfig(draft_paths=4))
