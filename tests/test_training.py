@@ -21,6 +21,7 @@ from diffuspec.training import (
     fit,
     greedy_continuations,
     random_windows,
+    repeat_copy_accuracy,
     stdlib_corpus,
     stdlib_facts,
     streak_loss,
@@ -59,6 +60,30 @@ def test_synthesis_is_seeded_and_held_out_material_never_trains(facts):
     held_phrasings = {p.split("{")[0] for p in TOOL_REQUESTS[-2:]}
     train_requests = [c.messages[-2]["content"] for c in train if c.kind == "tool"]
     assert train_requests and not any(r.startswith(tuple(held_phrasings)) for r in train_requests)
+
+
+class _Copier(torch.nn.Module):
+    """Predicts, at each position, the token that followed the previous occurrence of the current token: the
+    induction-head behaviour the copy check looks for, built by hand."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size, self.device = vocab_size, torch.device("cpu")
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        for row, tokens in enumerate(input_ids.tolist()):
+            for t, token in enumerate(tokens):
+                earlier = [s for s in range(t) if tokens[s] == token]
+                if earlier:
+                    logits[row, t, tokens[earlier[-1] + 1]] = 1.0
+        return type("Output", (), {"logits": logits})
+
+
+def test_repeat_copy_accuracy_tells_a_copier_from_a_model_that_cannot_copy(chat_tokenizer):
+    assert repeat_copy_accuracy(_Copier(len(chat_tokenizer)), chat_tokenizer) > 0.95
+    model = build_ar_model(PRESETS["tiny"].target, chat_tokenizer, 128)  # random weights: no induction heads
+    assert repeat_copy_accuracy(model, chat_tokenizer) < 0.05
 
 
 def test_tool_call_targets_parse_back(facts, chat_tokenizer):

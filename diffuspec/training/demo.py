@@ -27,7 +27,7 @@ from . import chat_data
 from .chat_data import CHAT_TEMPLATE, Conversation, render, stdlib_facts, synthesize
 from .data import EOS_TOKEN, MASK_TOKEN, random_windows, read_prompts, stdlib_corpus, token_stream, train_tokenizer
 from .distillation import DistillationSet, greedy_continuations
-from .evaluate import evaluate_chat, evaluate_pair
+from .evaluate import evaluate_chat, evaluate_pair, repeat_copy_accuracy
 from .fit import align_drafter, fit, plot_losses
 from .models import ModelSize, build_ar_model, build_diffusion_model, set_bidirectional
 from .objectives import causal_lm_loss, masked_diffusion_loss
@@ -335,6 +335,7 @@ def train_demo(
     short = evaluate_pair(engine, short_prompts, recipe.eval_new_tokens, variants=["diffuspec"])
     heldout_chats = synthesize(facts, recipe.eval_chat, recipe.seed + 20, "eval")
     chat = evaluate_chat(engine, heldout_chats, recipe.eval_chat_new_tokens)
+    chat["repeat_copy_accuracy"] = repeat_copy_accuracy(target, tokenizer)
     val_gen = torch.Generator().manual_seed(recipe.seed + 1)
     val = random_windows(heldout_stream, 64, recipe.seq_len, val_gen).to(device)
     with torch.no_grad():
@@ -378,7 +379,8 @@ def train_demo(
             "validation loss (causal LM, held out)": f"{val_loss['target']:.3f}",
             "held-out chat": f"{chat['rag_grounded_share']:.0%} of RAG answers reuse their context, "
             f"{chat['rag_degenerate_share']:.0%} degenerate; {chat['tool_calls_right_share']:.0%} of requested "
-            "tool calls parse with the right name and arguments",
+            "tool calls parse with the right name and arguments; repeat-copy accuracy "
+            f"{chat['repeat_copy_accuracy']:.2f} (in-context copying of a repeated random sequence)",
         }),
         "drafter": (drafter, "the masked-diffusion drafter, aligned to the target", {
             "objective": "causal LM pre-training, then Dream-style masked-diffusion adaptation (bidirectional, "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
+
 from ..chat import parse_tool_calls
 from ..stats import repeated_ngram_share
 from .chat_data import Conversation, render
@@ -50,6 +52,20 @@ def evaluate_pair(
             tokens += out.stats.new_tokens
         results[name] = {"mat": accepted / steps, "tokens_per_step": tokens / steps}
     return results
+
+
+def repeat_copy_accuracy(model, tokenizer, rows: int = 16, length: int = 30, seed: int = 0) -> float:
+    """Share of the second copy of a repeated random token sequence that a causal LM predicts right (greedy,
+    teacher-forced). Near 1 for a model with induction heads; near 0 for one that cannot copy from its context,
+    and then no answer can quote a retrieved passage and no tool call can copy a name or an argument: the
+    first check for a chat model that must ground its answers."""
+    generator = torch.Generator().manual_seed(seed)
+    ordinary = torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids)))
+    sequence = ordinary[torch.randint(0, ordinary.numel(), (rows, length), generator=generator)]
+    tokens = torch.cat([sequence, sequence], dim=1).to(model.device)
+    with torch.no_grad():
+        predicted = model(input_ids=tokens).logits[:, length:-1].argmax(-1)
+    return (predicted == tokens[:, length + 1 :]).float().mean().item()
 
 
 def _words(text: str) -> list[str]:
