@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from diffuspec import DiffuSpec
 from diffuspec.cli import main
 from diffuspec.loading import EMBEDDED_DIR, embedded_paths
-from diffuspec.training import read_prompts
+from diffuspec.training import CHAT_TEMPLATE, read_prompts
 
 
 def test_shipped_files_load_with_auto_classes():
@@ -35,7 +35,8 @@ def test_shipped_tokenizer_has_a_chat_template_with_tools():
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Weather in Oslo?"}], tools=tools,
                                         add_generation_prompt=True)
     text = tokenizer.decode(ids)
-    assert "get_weather(city: string)" in text and text.endswith("<|assistant|>\n")
+    assert tokenizer.chat_template == CHAT_TEMPLATE  # the recipe's template, so both wrappers use it
+    assert '{"name": "get_weather", "arguments": {"city": "string"}}' in text and text.endswith("<|assistant|>\n")
     assert len(read_prompts(EMBEDDED_DIR / "short_prompts.jsonl")) == 32
 
 

@@ -22,6 +22,7 @@ from diffuspec.training import (
     greedy_continuations,
     random_windows,
     repeat_copy_accuracy,
+    repeated_sequences,
     stdlib_corpus,
     stdlib_facts,
     streak_loss,
@@ -86,6 +87,18 @@ def test_repeat_copy_accuracy_tells_a_copier_from_a_model_that_cannot_copy(chat_
     assert repeat_copy_accuracy(model, chat_tokenizer) < 0.05
 
 
+def test_repeated_sequences_learn_only_the_predictable_repeat():
+    ids = torch.arange(100, 400)
+    tokens, learn = repeated_sequences(ids, rows=8, length=24, longest=8, generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == learn.shape == (8, 24) and bool(torch.isin(tokens, ids).all())
+    for row, (t, mask) in enumerate(zip(tokens, learn)):
+        span = int(mask.sum()) + 1  # the repeat's first token cannot be predicted, so it is not learnt
+        assert 4 <= span <= 8 and bool(mask[24 - span + 1 :].all())
+        assert torch.equal(t[24 - span :], t[24 - 2 * span : 24 - span])
+        if row % 4 == 0:  # the 16-token alphabet rows
+            assert t.unique().numel() <= 16
+
+
 def test_tool_call_targets_parse_back(facts, chat_tokenizer):
     conversations = [c for c in synthesize(facts, 200, seed=3) if c.expected_call]
     assert len(conversations) > 30
@@ -108,7 +121,7 @@ def test_chat_template_renders_tools_tool_messages_and_ends_turns_with_eos(chat_
         {"role": "assistant", "content": "It is rain."},
     ]
     text = chat_tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-    assert "- get_weather(city: string, days: integer): Get the weather." in text
+    assert '{"name": "get_weather", "arguments": {"city": "string", "days": "integer"}} Get the weather.' in text
     assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}</tool_call><|endoftext|>' in text
     assert "<|tool|> get_weather\nrain\n" in text
     out = chat_tokenizer.apply_chat_template(messages, tools=tools, return_dict=True, return_assistant_tokens_mask=True)

@@ -8,7 +8,7 @@ conversations; the chat template), ``models``, ``objectives``, ``distillation`` 
 
 from .align import align
 from .chat_data import CHAT_TEMPLATE, Conversation, Fact, stdlib_facts, synthesize
-from .data import random_windows, read_prompts, stdlib_corpus, token_stream, train_tokenizer
+from .data import random_windows, read_prompts, repeated_sequences, stdlib_corpus, token_stream, train_tokenizer
 from .demo import PRESETS, DemoRecipe, base_target_dir, train_demo
 from .distillation import DistillationSet, greedy_continuations
 from .evaluate import evaluate_chat, evaluate_pair, repeat_copy_accuracy
@@ -19,7 +19,7 @@ from .objectives import causal_lm_loss, masked_diffusion_loss, streak_loss
 __all__ = [
     "CHAT_TEMPLATE", "PRESETS", "Conversation", "DemoRecipe", "DistillationSet", "Fact", "ModelSize", "align",
     "align_drafter", "base_target_dir", "build_ar_model", "build_diffusion_model", "causal_lm_loss",
-    "evaluate_chat", "evaluate_pair", "repeat_copy_accuracy", "fit", "greedy_continuations", "masked_diffusion_loss", "plot_losses",
-    "random_windows", "read_prompts", "set_bidirectional", "stdlib_corpus", "stdlib_facts", "streak_loss",
-    "synthesize", "token_stream", "train_demo", "train_tokenizer",
+    "evaluate_chat", "evaluate_pair", "fit", "greedy_continuations", "masked_diffusion_loss", "plot_losses",
+    "random_windows", "read_prompts", "repeat_copy_accuracy", "repeated_sequences", "set_bidirectional",
+    "stdlib_corpus", "stdlib_facts", "streak_loss", "synthesize", "token_stream", "train_demo", "train_tokenizer",
 ]

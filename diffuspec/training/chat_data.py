@@ -20,8 +20,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-# The chat template shipped in the demo tokenizer. Tools are listed one per line as name(arg: type, ...) with
-# their description, compact because the demo models have a 512-token window. ``tool_choice`` (a tool name,
+# The chat template shipped in the demo tokenizer. Tools are listed one per line in the shape of the call the
+# model writes, {"name": "get_weather", "arguments": {"city": "string"}} Get the weather., so the name and the
+# argument names are the same tokens in the listing and in the call (a byte-level BPE splits `- get_weather(`
+# and `"get_weather"` differently) and writing a call is copying a line and filling in its values; compact
+# because the demo models have a 512-token window. ``tool_choice`` (a tool name,
 # or "required"/"any") may be passed to ``apply_chat_template`` to force a call. Assistant turns end with EOS;
 # ``{% generation %}`` marks what the assistant writes (``return_assistant_tokens_mask=True``).
 CHAT_TEMPLATE = (
@@ -31,9 +34,9 @@ CHAT_TEMPLATE = (
     "{%- for tool in tools -%}"
     "{%- set f = tool.function if tool.function is defined else tool -%}"
     "{%- set props = f.parameters.properties if f.parameters is defined and f.parameters.properties is defined else {} -%}"
-    "{{ '\\n- ' + f.name + '(' }}"
-    "{%- for name, p in props.items() -%}{{ name + ': ' + arg_type(p) + (', ' if not loop.last else '') }}{%- endfor -%}"
-    "{{ '): ' + (f.description | default('')) }}"
+    "{{ '\\n{\"name\": ' + (f.name | tojson) + ', \"arguments\": {' }}"
+    "{%- for name, p in props.items() -%}{{ (name | tojson) + ': ' + (arg_type(p) | tojson) + (', ' if not loop.last else '') }}{%- endfor -%}"
+    "{{ '}} ' + (f.description | default('')) }}"
     "{%- endfor -%}"
     "{{ '\\nTo call a tool, answer <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.' }}"
     "{%- if tool_choice is defined and tool_choice and tool_choice not in ('auto', 'none') -%}"

@@ -66,6 +66,32 @@ def random_windows(stream: torch.Tensor, n: int, length: int, generator: torch.G
 
 
 
+def ordinary_token_ids(tokenizer) -> torch.Tensor:
+    """Every token id that is not a special token."""
+    return torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids)))
+
+
+REPEAT_VOCABULARIES = (16, 64, 256, None)  # None: every ordinary token
+
+
+def repeated_sequences(token_ids: torch.Tensor, rows: int, length: int, longest: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Induction data: each row is random tokens, then a random span of 4..``longest`` tokens, then that span
+    again; only the repeat's predictable tokens are learnt. Each row draws from its own random subset of
+    ``token_ids`` (16, 64, 256 tokens or all of them, in turn): small alphabets make the copying easy to
+    start learning, fresh subsets keep it from being learnt for particular tokens. Returns (tokens, learn)."""
+    tokens = torch.empty(rows, length, dtype=torch.long)
+    learn = torch.zeros(rows, length, dtype=torch.bool)
+    for row in range(rows):
+        size = REPEAT_VOCABULARIES[row % len(REPEAT_VOCABULARIES)] or token_ids.numel()
+        alphabet = token_ids[torch.randperm(token_ids.numel(), generator=generator)[:size]]
+        span = int(torch.randint(4, min(longest, length // 2) + 1, (1,), generator=generator))
+        draw = alphabet[torch.randint(0, size, (length - span,), generator=generator)]
+        tokens[row] = torch.cat([draw, draw[length - 2 * span :]])
+        learn[row, length - span + 1 :] = True
+    return tokens, learn
+
+
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a text file (one per line) or JSON lines with "prompt", "text" or "turns" (Spec-Bench)."""
     prompts = []

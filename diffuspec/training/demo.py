@@ -25,7 +25,8 @@ from ..loading import CPS_NGRAM_FILE, EMBEDDED_DIR
 from ..path_search import CorpusNGram
 from . import chat_data
 from .chat_data import CHAT_TEMPLATE, Conversation, render, stdlib_facts, synthesize
-from .data import EOS_TOKEN, MASK_TOKEN, random_windows, read_prompts, stdlib_corpus, token_stream, train_tokenizer
+from .data import (EOS_TOKEN, MASK_TOKEN, ordinary_token_ids, random_windows, read_prompts, repeated_sequences,
+                   stdlib_corpus, token_stream, train_tokenizer)
 from .distillation import DistillationSet, greedy_continuations
 from .evaluate import evaluate_chat, evaluate_pair, repeat_copy_accuracy
 from .fit import align_drafter, fit, plot_losses
@@ -50,12 +51,18 @@ class DemoRecipe:
     target_steps: int = 1500  # base pre-training on the corpus
     lr: float = 3e-3
     # Chat fine-tune of the target: synthesised conversations (loss on the assistant's tokens) with
-    # ``chat_code_rows`` rows of raw corpus code in every batch, so code completion stays.
+    # ``chat_code_rows`` rows of raw corpus code in every batch, so code completion stays. Every step also
+    # learns a batch of induction data (``repeated_sequences``: ``copy_rows`` rows of ``copy_len`` tokens,
+    # repeated spans of up to ``copy_span``): the base target cannot copy from its context at all
+    # (repeat-copy accuracy 0.00), and grounded answers and tool calls are copying.
     chat_conversations: int = 12000
     chat_steps: int = 1200
     chat_seq_len: int = 256
     chat_code_rows: int = 4
     chat_lr: float = 1e-3
+    copy_rows: int = 32
+    copy_len: int = 32
+    copy_span: int = 12
     # Both drafters learn from the target's own text: its greedy continuations of raw corpus prompts of varied
     # length (one line to ``distil_prompt_max`` tokens, code and docstring prose) and of chat prompts.
     distil_prompts: int = 3072
@@ -84,7 +91,8 @@ PRESETS = {
     "tiny": DemoRecipe(
         corpus_bytes=300_000, heldout_every=3, vocab_size=384, context=512, seq_len=64, batch_size=8,
         target=ModelSize(64, 2, 2, 128), drafter=ModelSize(32, 1, 2, 64), target_steps=60, lr=5e-3,
-        chat_conversations=200, chat_steps=30, chat_seq_len=192, chat_code_rows=2, chat_lr=3e-3,
+        chat_conversations=200, chat_steps=30, chat_seq_len=192, chat_code_rows=2, chat_lr=3e-3, copy_rows=8,
+        copy_len=16, copy_span=6,
         distil_prompts=48, distil_prompt_max=16, distil_chat_prompts=16, distil_continuation=24, distil_context=64,
         drafter_steps=40, adapt_steps=30, align_block=8, align_steps=30, ar_distil_steps=20, align_batch=8,
         eval_prompts=4, eval_new_tokens=24, eval_chat=6, eval_chat_new_tokens=24,
@@ -93,7 +101,8 @@ PRESETS = {
 
 BASE_TARGET_FIELDS = ("seed", "corpus_bytes", "heldout_every", "vocab_size", "context", "seq_len", "batch_size",
                       "target", "target_steps", "lr")
-CHAT_FIELDS = BASE_TARGET_FIELDS + ("chat_conversations", "chat_steps", "chat_seq_len", "chat_code_rows", "chat_lr")
+CHAT_FIELDS = BASE_TARGET_FIELDS + ("chat_conversations", "chat_steps", "chat_seq_len", "chat_code_rows", "chat_lr",
+                                    "copy_rows", "copy_len", "copy_span")
 SHORT_PROMPTS = "short_prompts.jsonl"  # hand-written one-line prompts, beside the held-out ones
 
 
@@ -161,10 +170,12 @@ def chat_stream(tokenizer, conversations: list[Conversation]) -> tuple[torch.Ten
 
 
 def fine_tune_chat(target, recipe: DemoRecipe, chat_ids: torch.Tensor, chat_learn: torch.Tensor,
-                   chat_starts: torch.Tensor, code_stream: torch.Tensor, gen: torch.Generator, device: str) -> list[float]:
+                   chat_starts: torch.Tensor, code_stream: torch.Tensor, ordinary: torch.Tensor, gen: torch.Generator,
+                   device: str) -> list[float]:
     """Stage 3: the loss is on the assistant's tokens of windows that end where a conversation ends (its
     answers are at its end; a window long enough holds all of it); every batch also holds ``chat_code_rows``
-    windows of raw corpus code (all tokens learnt), so code completion stays."""
+    windows of raw corpus code (all tokens learnt), so code completion stays, and every step adds the loss of
+    a batch of induction data, so the target learns to copy from its context."""
     chat_rows, n = recipe.batch_size - recipe.chat_code_rows, recipe.chat_seq_len
     ends = torch.cat([chat_starts[1:], torch.tensor([chat_ids.numel()])])
 
@@ -174,7 +185,8 @@ def fine_tune_chat(target, recipe: DemoRecipe, chat_ids: torch.Tensor, chat_lear
         code = random_windows(code_stream, recipe.chat_code_rows, n, gen)
         tokens = torch.cat([chat_ids[positions], code]).to(device)
         learn = torch.cat([chat_learn[positions], torch.ones_like(code, dtype=torch.bool)]).to(device)
-        return causal_lm_loss(target, tokens, learn)
+        copies, copy_learn = repeated_sequences(ordinary, recipe.copy_rows, recipe.copy_len, recipe.copy_span, gen)
+        return causal_lm_loss(target, tokens, learn) + causal_lm_loss(target, copies.to(device), copy_learn.to(device))
 
     return fit(target, chat_batch, recipe.chat_steps, recipe.chat_lr, "target (chat)")
 
@@ -254,20 +266,23 @@ def train_demo(
         tokenizer.save_pretrained(base_dir)
         (base_dir / "curve.json").write_text(json.dumps(curves["target: causal LM loss"]))
 
-    print("[3/8] chat fine-tune of the target: synthesised chat, RAG and tool conversations, raw code mixed in")
+    print("[3/8] chat fine-tune of the target: synthesised chat, RAG and tool conversations, raw code mixed in, "
+          "induction data beside")
     conversations = synthesize(facts, recipe.chat_conversations, recipe.seed + 10, "train")
     chat_ids, chat_learn, chat_starts = chat_stream(tokenizer, conversations)
     chat_dir = base_dir / f"chat-{_key(recipe, CHAT_FIELDS, Path(chat_data.__file__).read_text())}"
     if reuse_target and (chat_dir / "config.json").exists():
         print(f"      reused from {chat_dir}")
         target = AutoModelForCausalLM.from_pretrained(chat_dir).to(device)
-        curves["target: chat fine-tune loss"] = json.loads((chat_dir / "curve.json").read_text())
+        curves.update(json.loads((chat_dir / "curves.json").read_text()))
     else:
-        curves["target: chat fine-tune loss"] = fine_tune_chat(
-            target, recipe, chat_ids, chat_learn, chat_starts, train_stream, stage(6), device
-        )
+        chat_curves = {"target: chat fine-tune loss": fine_tune_chat(
+            target, recipe, chat_ids, chat_learn, chat_starts, train_stream, ordinary_token_ids(tokenizer), stage(6),
+            device,
+        )}
+        curves.update(chat_curves)
         target.save_pretrained(chat_dir)
-        (chat_dir / "curve.json").write_text(json.dumps(curves["target: chat fine-tune loss"]))
+        (chat_dir / "curves.json").write_text(json.dumps(chat_curves))
 
     print("[4/8] distillation set: the target's greedy continuations of varied-length raw and chat prompts")
     gen = stage(3)

@@ -11,6 +11,7 @@ import torch
 from ..chat import parse_tool_calls
 from ..stats import repeated_ngram_share
 from .chat_data import Conversation, render
+from .data import ordinary_token_ids
 
 DEGENERATE_SHARE = 0.5  # an answer with over half its tokens inside repeated 4-grams is a loop, not an answer
 GROUNDED_SHARE = 0.5  # an answer is grounded when at least half its words come from the context
@@ -60,7 +61,7 @@ def repeat_copy_accuracy(model, tokenizer, rows: int = 16, length: int = 30, see
     and then no answer can quote a retrieved passage and no tool call can copy a name or an argument: the
     first check for a chat model that must ground its answers."""
     generator = torch.Generator().manual_seed(seed)
-    ordinary = torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids)))
+    ordinary = ordinary_token_ids(tokenizer)
     sequence = ordinary[torch.randint(0, ordinary.numel(), (rows, length), generator=generator)]
     tokens = torch.cat([sequence, sequence], dim=1).to(model.device)
     with torch.no_grad():
