@@ -274,15 +274,14 @@ def train_demo(
     if reuse_target and (chat_dir / "config.json").exists():
         print(f"      reused from {chat_dir}")
         target = AutoModelForCausalLM.from_pretrained(chat_dir).to(device)
-        curves.update(json.loads((chat_dir / "curves.json").read_text()))
+        curves["target: chat fine-tune loss"] = json.loads((chat_dir / "curve.json").read_text())
     else:
-        chat_curves = {"target: chat fine-tune loss": fine_tune_chat(
+        curves["target: chat fine-tune loss"] = fine_tune_chat(
             target, recipe, chat_ids, chat_learn, chat_starts, train_stream, ordinary_token_ids(tokenizer), stage(6),
             device,
-        )}
-        curves.update(chat_curves)
+        )
         target.save_pretrained(chat_dir)
-        (chat_dir / "curves.json").write_text(json.dumps(chat_curves))
+        (chat_dir / "curve.json").write_text(json.dumps(curves["target: chat fine-tune loss"]))
 
     print("[4/8] distillation set: the target's greedy continuations of varied-length raw and chat prompts")
     gen = stage(3)
