@@ -97,6 +97,8 @@ def test_repeated_sequences_learn_only_the_predictable_repeat():
         assert torch.equal(t[24 - span :], t[24 - 2 * span : 24 - span])
         if row % 4 == 0:  # the 16-token alphabet rows
             assert t.unique().numel() <= 16
+    few, _ = repeated_sequences(torch.arange(10, 40), 4, 16, 6, torch.Generator())  # fewer tokens than alphabets
+    assert bool(torch.isin(few, torch.arange(10, 40)).all())
 
 
 def test_tool_call_targets_parse_back(facts, chat_tokenizer):

@@ -65,7 +65,6 @@ def random_windows(stream: torch.Tensor, n: int, length: int, generator: torch.G
     return torch.stack([stream[s : s + length] for s in starts.tolist()])
 
 
-
 def ordinary_token_ids(tokenizer) -> torch.Tensor:
     """Every token id that is not a special token."""
     return torch.tensor(sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids)))
@@ -83,7 +82,7 @@ def repeated_sequences(token_ids: torch.Tensor, rows: int, length: int, longest:
     tokens = torch.empty(rows, length, dtype=torch.long)
     learn = torch.zeros(rows, length, dtype=torch.bool)
     for row in range(rows):
-        size = REPEAT_VOCABULARIES[row % len(REPEAT_VOCABULARIES)] or token_ids.numel()
+        size = min(REPEAT_VOCABULARIES[row % len(REPEAT_VOCABULARIES)] or token_ids.numel(), token_ids.numel())
         alphabet = token_ids[torch.randperm(token_ids.numel(), generator=generator)[:size]]
         span = int(torch.randint(4, min(longest, length // 2) + 1, (1,), generator=generator))
         draw = alphabet[torch.randint(0, size, (length - span,), generator=generator)]
