@@ -56,7 +56,7 @@ class DemoRecipe:
     # repeated spans of up to ``copy_span``): the base target cannot copy from its context at all
     # (repeat-copy accuracy 0.00), and grounded answers and tool calls are copying.
     chat_conversations: int = 12000
-    chat_steps: int = 1200
+    chat_steps: int = 2000
     chat_seq_len: int = 256
     chat_code_rows: int = 4
     chat_lr: float = 1e-3
