@@ -47,8 +47,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+TINY = "tiny"  # the preset name of the embedded 6M demo pair (fast tests, a first look)
+
+
 def embedded_paths() -> dict[str, str]:
-    """Paths of the embedded demo pair (target, diffusion drafter, AR drafter)."""
+    """Paths of the embedded demo pair (target, diffusion drafter, AR drafter): the ``tiny`` preset."""
     missing = [str(p) for p in EMBEDDED.values() if not (p / "config.json").exists()]
     if missing:
         raise DiffuSpecError(
@@ -56,6 +59,12 @@ def embedded_paths() -> dict[str, str]:
             "clone, or rebuild them with `diffuspec train-demo`"
         )
     return {role: str(path) for role, path in EMBEDDED.items()}
+
+
+def target_directory(target: str | None) -> str:
+    """Where the target's config and tokenizer files are, for metadata read without loading weights: a preset
+    name (None is the default preset) resolved, anything else as given."""
+    return embedded_paths()["target"] if target is None or target == TINY else target
 
 
 def checked_device(device: str | torch.device | None) -> str:
@@ -194,9 +203,11 @@ def load_models(
     """Load target, drafter(s), the target's tokenizer and the drafter directory's CPS n-gram table if it has
     one. A drafter whose tokenizer does not share the target's vocabulary comes back as a
     ``DrafterWithTokenizer`` (its drafts are translated through text). Every failure is a ``DiffuSpecError``."""
-    if target is None:
+    if target is None and (drafter is not None or ar_drafter is not None):
+        raise DiffuSpecError("a drafter was given without a target: pass target=... too")
+    if target is None or target == TINY:
         if drafter is not None or ar_drafter is not None:
-            raise DiffuSpecError("a drafter was given without a target: pass target=... too")
+            raise DiffuSpecError(f"the {TINY!r} preset brings its own drafters: pass no drafter with it")
         paths = embedded_paths()
         target, drafter, ar_drafter = paths["target"], paths["drafter"], paths["ar_drafter"]
     paths = {role: _checked_path(path, role) for role, path in

@@ -131,9 +131,9 @@ class DiffuSpecLLM(CustomLLM):
             from transformers import AutoConfig, AutoTokenizer
 
             from diffuspec.engine import context_window
-            from diffuspec.loading import embedded_paths
+            from diffuspec.loading import target_directory
 
-            path = self.target or embedded_paths()["target"]
+            path = target_directory(self.target)
             remote_code = self._engine_arguments().get("trust_remote_code", False)
             config = AutoConfig.from_pretrained(path, trust_remote_code=remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code)
