@@ -164,7 +164,8 @@ WRITE_FUNCTION = ["Write a function `{call}`: {sentence}", "Write a Python funct
                   "Implement `{call}`. {sentence}", "Write {name}. {sentence}", "Show me code for `{call}`."]
 CODE_ANSWER = ["```python\n{source}\n```", "Here is `{name}`:\n```python\n{source}\n```"]
 TOOL_REQUESTS = [
-    "Use the {tool} tool with {args_and}.", "Call {tool} with {args_eq}.", "Please run {tool}: {args_colon}.",
+    "Use the {tool} tool with {args_and}.", "What is the {noun} for {values}?", "Please {verb} the {noun}: {values}.",
+    "Call {tool} with {args_eq}.", "Please run {tool}: {args_colon}.",
     "What is the value of {tool}({args_pos})? Use the tool.", "Can you {verb} the {noun} for {values}?",
     "I need to {verb} the {noun}. {args_sentence}", "{verb_cap} the {noun}: {args_colon}.",
     "Use {tool} to {verb} the {noun} with {args_and}.", "Call the {tool} tool. {args_sentence}",
@@ -390,27 +391,196 @@ def tools_but_chat_turn(fact: Fact, rng: random.Random, split: str) -> Conversat
     return turn
 
 
-MIXTURE = {"chat": 0.2, "rag": 0.35, "tool": 0.4, "tools_but_chat": 0.05}
+# ----- invented facts: questions only the context can answer ------------------------------------------
+
+# (statement, question, answer) about invented entities, so no model knows them beforehand: answering is reading
+# the context. Fields: {name} a made-up proper name, {place} a made-up town, {person}, {org}, {n}, {year}, {price},
+# {things}. The last two templates are held out for evaluation.
+FACT_TEMPLATES = [
+    ("The {name} bridge in {place} is {n} metres long.", "How long is the {name} bridge?",
+     "The {name} bridge is {n} metres long."),
+    ("{org} was founded by {person} in {year}.", "Who founded {org}?", "{org} was founded by {person}."),
+    ("{org} was founded in {year} in {place}.", "When was {org} founded?", "{org} was founded in {year}."),
+    ("The population of {place} is about {n} people.", "What is the population of {place}?",
+     "About {n} people live in {place}."),
+    ("A {name} lamp costs {price} euros at {org}.", "How much does a {name} lamp cost?",
+     "A {name} lamp costs {price} euros."),
+    ("{person} was born in {place} in {year}.", "Where was {person} born?", "{person} was born in {place}."),
+    ("{name} soup is made with {things}.", "What is {name} soup made with?", "{name} soup is made with {things}."),
+    ("The {name} river flows into Lake {place}.", "Where does the {name} river flow?",
+     "The {name} river flows into Lake {place}."),
+    ("The headquarters of {org} are in {place}.", "Where are the headquarters of {org}?",
+     "The headquarters of {org} are in {place}."),
+    ("{person} works as a {job} at {org}.", "What does {person} do?", "{person} works as a {job} at {org}."),
+    ("The planet {name} has {small} moons.", "How many moons does {name} have?", "{name} has {small} moons."),
+    ("The {name} festival takes place every {month} in {place}.", "When does the {name} festival take place?",
+     "The {name} festival takes place every {month}."),
+    ("Mount {name} is {n} metres high.", "How high is Mount {name}?", "Mount {name} is {n} metres high."),
+    ("The {name} library opens at {hour} o'clock.", "When does the {name} library open?",
+     "The {name} library opens at {hour} o'clock."),
+    ("{person} wrote the novel {title}.", "Who wrote {title}?", "{title} was written by {person}."),
+    ("The {name} train leaves {place} at {hour}:{minute}.", "When does the {name} train leave?",
+     "The {name} train leaves {place} at {hour}:{minute}."),
+]
+JOBS = ["teacher", "engineer", "nurse", "pilot", "chef", "librarian", "designer", "farmer", "lawyer", "baker"]
+THINGS = ["rice", "onions", "beans", "carrots", "lentils", "mint", "ginger", "lemon", "cheese", "potatoes",
+          "tomatoes", "garlic", "pepper", "honey"]
+MONTHS = ["January", "March", "April", "May", "June", "July", "August", "September", "October", "December"]
+ORG_SUFFIXES = ["Labs", "Foods", "Motors", "Books", "Systems", "Bank", "Studio", "Press", "Games", "Energy"]
+NOT_IN_CONTEXT = ["The context does not say.", "The context does not mention that.",
+                  "I cannot find that in the context."]
+ASK_FROM_CONTEXT = ["{question}", "Based on the text above, {question_lower}", "Question: {question}",
+                    "{question} Answer from the context.", "Using the context, {question_lower}",
+                    "According to the text, {question_lower}"]
+CONTEXT_LAYOUTS = ["{facts}", "Context:\n{facts}", "Documents:\n{numbered}", "Here is some information.\n{facts}",
+                   "{bullets}"]
+
+
+def _fact_fields(rng: random.Random) -> dict[str, Any]:
+    person = f"{_fake_word(rng).capitalize()} {_fake_word(rng).capitalize()}"
+    return {
+        "name": _fake_word(rng).capitalize(), "place": _fake_word(rng).capitalize(), "person": person,
+        "org": f"{_fake_word(rng).capitalize()} {rng.choice(ORG_SUFFIXES)}", "n": rng.choice([
+            rng.randint(20, 999), rng.randint(1000, 99000)]), "year": rng.randint(1820, 2024),
+        "price": rng.choice([rng.randint(3, 250), round(rng.uniform(2, 90), 2)]), "small": rng.randint(0, 9),
+        "things": ", ".join(rng.sample(THINGS, 2)) + " and " + rng.choice(THINGS), "job": rng.choice(JOBS),
+        "month": rng.choice(MONTHS), "hour": rng.randint(6, 11), "minute": rng.choice(["05", "15", "30", "45"]),
+        "title": f"The {_fake_word(rng).capitalize()} {rng.choice(['Garden', 'Winter', 'Road', 'House', 'Sea'])}",
+    }
+
+
+def fact_rag_turn(rng: random.Random, split: str) -> Conversation:
+    """2-5 invented facts as a context (prose, numbered documents or bullets) and a question about one of them,
+    answered by restating it; one question in ten is about something the context lacks."""
+    templates = _phrasings(FACT_TEMPLATES, split)
+    chosen = rng.sample(templates, rng.randint(2, min(5, len(templates))))
+    facts = [(t, _fact_fields(rng)) for t in chosen]
+    statements = [t[0].format(**f) for t, f in facts]
+    missing = rng.random() < 0.1
+    asked, fields = facts[0] if not missing else (rng.choice(templates), _fact_fields(rng))
+    answer_style = rng.random()
+    rng.shuffle(statements)
+    context = rng.choice(CONTEXT_LAYOUTS).format(
+        facts=" ".join(statements), numbered="\n".join(f"[{i + 1}] {s}" for i, s in enumerate(statements)),
+        bullets="\n".join(f"- {s}" for s in statements))
+    question = asked[1].format(**fields)
+    answer = rng.choice(NOT_IN_CONTEXT) if missing else asked[2].format(**fields)
+    if not missing and answer_style < 0.2:
+        lower = answer.split(" ", 1)[0] in ("The", "A", "About")  # never lower-case a proper name
+        answer = "According to the context, " + (answer[0].lower() + answer[1:] if lower else answer)
+    ask = rng.choice(_phrasings(ASK_FROM_CONTEXT, split)).format(
+        question=question, question_lower=question[0].lower() + question[1:])
+    if rng.random() < 0.5:
+        messages = [{"role": "system", "content": rng.choice(RAG_SYSTEM).format(context=context)},
+                    {"role": "user", "content": ask}]
+    else:
+        messages = _with_system(rng, [{"role": "user", "content": f"{context}\n\n{ask}"}])
+    return Conversation("rag", messages + [_assistant(answer)], context=context, extra={"answerable": not missing})
+
+
+# ----- small instructions with checkable answers, and everyday chat -----------------------------------------
+
+def task_turn(rng: random.Random, split: str) -> Conversation:
+    """An instruction whose answer is computed: arithmetic, sorting, reversing, counting, upper case, extraction."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        op, value = rng.choice([("+", a + b), ("-", a - b), ("*", a * b)])
+        ask = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}."]).format(
+            a=a, op=op, b=b)
+        answer = f"{a} {op} {b} = {value}."
+    elif kind == 1:
+        numbers = rng.sample(range(100), rng.randint(3, 7))
+        ask = f"Sort these numbers from smallest to largest: {', '.join(map(str, numbers))}"
+        answer = ", ".join(map(str, sorted(numbers)))
+    elif kind == 2:
+        words = rng.sample(WORDS, rng.randint(3, 6))
+        ask = f"Reverse the order of this list: {', '.join(words)}"
+        answer = ", ".join(reversed(words))
+    elif kind == 3:
+        words = [rng.choice(WORDS + THINGS).lower() for _ in range(rng.randint(2, 9))]
+        ask = f"How many words are in this sentence: \"{' '.join(words)}\"?"
+        answer = f"It has {len(words)} words."
+    elif kind == 4:
+        text = " ".join(rng.choice(WORDS + THINGS).lower() for _ in range(rng.randint(1, 4)))
+        ask = rng.choice(["Write this in capital letters: {t}", "Convert to upper case: {t}"]).format(t=text)
+        answer = text.upper()
+    elif kind == 5:
+        user = _fake_word(rng)
+        email = f"{user}@{_fake_word(rng)}.{rng.choice(['com', 'org', 'net'])}"
+        ask = f"Extract the email address from this text: \"Please write to {email} before {rng.choice(MONTHS)}.\""
+        answer = email
+    else:
+        items = rng.sample(THINGS, rng.randint(2, 4))
+        ask = f"Make a bulleted list of these items: {', '.join(items)}."
+        answer = "\n".join(f"- {item.capitalize()}" for item in items)
+    return Conversation("task", _with_system(rng, [{"role": "user", "content": ask}, _assistant(answer)]))
+
+
+CAPITALS = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+            "Canada": "Ottawa", "Egypt": "Cairo", "Peru": "Lima", "Norway": "Oslo", "Kenya": "Nairobi",
+            "Brazil": "Brasilia", "Australia": "Canberra", "India": "New Delhi", "China": "Beijing",
+            "Mexico": "Mexico City", "Sweden": "Stockholm", "Greece": "Athens", "Portugal": "Lisbon",
+            "Poland": "Warsaw", "Ireland": "Dublin", "Argentina": "Buenos Aires", "Chile": "Santiago",
+            "Turkey": "Ankara", "Russia": "Moscow", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Cuba": "Havana",
+            "Austria": "Vienna", "Hungary": "Budapest", "Finland": "Helsinki"}
+GREETINGS = [("Hello", "Hello! How can I help you today?"), ("Hi", "Hi! What can I do for you?"),
+             ("How are you?", "I'm doing well, thank you. How can I help you?"),
+             ("Good morning!", "Good morning! How can I help?"), ("Thanks!", "You're welcome!"),
+             ("Who are you?", "I am a helpful assistant. Ask me anything."),
+             ("hello", "Hello! How can I help you today?"), ("Thank you.", "You're welcome! Anything else?")]
+
+
+def everyday_turn(rng: random.Random, split: str) -> Conversation:
+    """A greeting, or a question of common knowledge answered in one sentence."""
+    if rng.random() < 0.35:
+        ask, answer = rng.choice(GREETINGS)
+    else:
+        country = rng.choice(sorted(CAPITALS))
+        ask = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
+                          "Name the capital of {c}."]).format(c=country)
+        answer = f"The capital of {country} is {CAPITALS[country]}."
+    return Conversation("chat", _with_system(rng, [{"role": "user", "content": ask}, _assistant(answer)]))
+
+
+# The instruction that asks for a JSON answer (OpenAI's response_format), as the engine words it.
+JSON_ANSWER_LINE = "Answer with one JSON object and nothing else."
+JSON_SCHEMA_LINE = "Answer with one JSON object and nothing else, following this JSON schema: {schema}"
+
+
+def json_turn(rng: random.Random, split: str) -> Conversation:
+    """A request for a record, with the JSON instruction (and usually the schema) in the system message; the
+    answer is the JSON object alone."""
+    case = random_tool(rng, split, n_args=rng.randint(1, 3))
+    parameters = case.schema["function"]["parameters"]
+    line = JSON_SCHEMA_LINE.format(schema=json.dumps(parameters)) if rng.random() < 0.8 else JSON_ANSWER_LINE
+    request = tool_request(case, rng.choice(_phrasings(STRUCTURED_REQUESTS, split)))
+    messages = [{"role": "system", "content": line}, {"role": "user", "content": request},
+                _assistant(json.dumps(case.arguments))]
+    return Conversation("json", messages, expected_call={"name": "json", "arguments": case.arguments})
+
+
+MIXTURE = {"chat": 0.08, "rag": 0.12, "fact_rag": 0.25, "tool": 0.33, "tools_but_chat": 0.04, "task": 0.08,
+           "everyday": 0.04, "json": 0.06}
 
 
 def synthesize(facts: list[Fact], n: int, seed: int, split: str = "train") -> list[Conversation]:
     """``n`` conversations in the ``MIXTURE`` proportions; ``split="eval"`` uses only held-out modules,
-    schemas and phrasings."""
+    schemas, phrasings and fact templates."""
     pool = [f for f in facts if heldout(f.module) == (split == "eval")]
     rng = random.Random(seed)
-    out = []
+    make = {
+        "chat": lambda: chat_turn(rng.choice(pool), rng, split),
+        "rag": lambda: rag_turn(pool, rng, split),
+        "fact_rag": lambda: fact_rag_turn(rng, split),
+        "tool": lambda: tool_turn(rng, split),
+        "tools_but_chat": lambda: tools_but_chat_turn(rng.choice(pool), rng, split),
+        "task": lambda: task_turn(rng, split),
+        "everyday": lambda: everyday_turn(rng, split),
+        "json": lambda: json_turn(rng, split),
+    }
     kinds, weights = zip(*MIXTURE.items())
-    for _ in range(n):
-        kind = rng.choices(kinds, weights)[0]
-        if kind == "chat":
-            out.append(chat_turn(rng.choice(pool), rng, split))
-        elif kind == "rag":
-            out.append(rag_turn(pool, rng, split))
-        elif kind == "tool":
-            out.append(tool_turn(rng, split))
-        else:
-            out.append(tools_but_chat_turn(rng.choice(pool), rng, split))
-    return out
+    return [make[rng.choices(kinds, weights)[0]]() for _ in range(n)]
 
 
 def render(tokenizer, conversation: Conversation, *, prompt_only: bool = False, **kwargs) -> Any:

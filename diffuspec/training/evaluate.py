@@ -3,6 +3,7 @@ greedy output), and the quality of chat answers on held-out conversations."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -85,27 +86,41 @@ def call_matches(answer: str, expected: dict) -> bool:
     return len(blocks) == len(calls) == 1 and calls[0]["name"] == expected["name"] and calls[0]["args"] == expected["arguments"]
 
 
-def evaluate_chat(engine, conversations: Sequence[Conversation], new_tokens: int) -> dict:
-    """The engine's default decoding on held-out conversations (each output equal to the target's greedy
-    output): grounded and degenerate shares of RAG answers, tool calls with the right name and arguments,
-    tool results used in the answer, and MAT over all of them."""
+def json_matches(answer: str, expected: dict) -> bool:
+    """The answer is one JSON object equal to the expected arguments."""
+    try:
+        return json.loads(answer.strip()) == expected["arguments"]
+    except json.JSONDecodeError:
+        return False
+
+
+def evaluate_chat(engine, conversations: Sequence[Conversation], new_tokens: int, mode: str | None = None) -> dict:
+    """Decoding in ``mode`` (default: the engine's; any other mode is checked equal to the target's greedy
+    output) on held-out conversations: grounded and degenerate shares of RAG answers, tool calls and JSON answers
+    with the right name and arguments, tool results used in the answer, and MAT over all of them."""
     rag = grounded = degenerate = calls = right_calls = results = used = steps = accepted = 0
-    samples = []
+    samples, sampled = [], {}
     for conversation in conversations:
         prompt = render(engine.tokenizer, conversation, prompt_only=True, tokenize=True, return_dict=False)
-        out = _greedy_checked(engine, list(prompt), new_tokens)
+        out = (engine.generate(list(prompt), new_tokens, mode="ar") if mode == "ar"
+               else _greedy_checked(engine, list(prompt), new_tokens, mode))
         steps, accepted = steps + out.stats.steps, accepted + out.stats.accepted_tokens
         if conversation.kind == "rag":
             rag += 1
-            grounded += reuses_context(out.text, conversation.context)
+            answerable = conversation.extra.get("answerable", True)
+            grounded += reuses_context(out.text, conversation.context) if answerable else 1
             degenerate += repeated_ngram_share(out.token_ids) > DEGENERATE_SHARE
+        elif conversation.kind == "json":
+            calls += 1
+            right_calls += json_matches(out.text, conversation.expected_call)
         elif conversation.expected_call:
             calls += 1
             right_calls += call_matches(out.text, conversation.expected_call)
         elif "result" in conversation.extra:
             results += 1
             used += conversation.extra["result"] in out.text
-        if len(samples) < 6:
+        if sampled.get(conversation.kind, 0) < 2:
+            sampled[conversation.kind] = sampled.get(conversation.kind, 0) + 1
             samples.append({"kind": conversation.kind, "prompt": engine.tokenizer.decode(prompt)[-300:],
                             "answer": out.text})
     return {
