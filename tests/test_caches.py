@@ -70,3 +70,75 @@ def test_only_plain_full_attention_layers_are_buffered():
                               bos_token_id=None, eos_token_id=1)
     layers = new_cache(_init(Gemma3ForCausalLM(config), seed=0, scale=0.3)).layers
     assert [type(layer) for layer in layers] == [DynamicSlidingWindowLayer, BufferedLayer]
+
+
+# ----- drafter caches against recomputation (a drafter's cache only changes drafts: no output test sees it) -------
+
+CONTEXT_IDS = torch.randint(4, VOCAB, (40,), generator=torch.Generator().manual_seed(1))
+GROWING = (5, 13, 21, 40)  # a request's committed context, growing past the window (8) of the sliding layers
+
+
+@torch.inference_mode()
+def test_the_diffusion_gemma_encoder_cache_holds_what_transformers_own_cache_holds():
+    """After each draft, the drafter's recording cache holds what a plain ``DynamicCache`` holds once the same
+    context is encoded in one pass (a sliding layer: its last W - 1 keys), and its drafts are the ones that cache
+    gives: the decoder reads every key a layer holds, so keys left past the window change the drafts."""
+    from diffuspec.adapters import DiffusionGemmaDrafter, tiny_diffusion_gemma_pair
+
+    _, model = tiny_diffusion_gemma_pair(VOCAB)
+    drafter = DiffusionGemmaDrafter(model)
+    for end in GROWING:
+        got = drafter.propose(CONTEXT_IDS[:end], 4, generator=torch.Generator().manual_seed(end)).logprobs
+        reference = DynamicCache(config=model.config)  # no recording: transformers trims as it goes
+        model.model.encoder(input_ids=CONTEXT_IDS[None, :end], past_key_values=reference, use_cache=True)
+        for mine, theirs in zip(drafter.cache.layers, reference.layers):
+            assert mine.keys.shape == theirs.keys.shape, (end, type(mine).__name__)
+            torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        canvas = torch.randint(VOCAB, (1, 4), generator=torch.Generator().manual_seed(end))  # the drafter's canvas
+        want = model(decoder_input_ids=canvas, past_key_values=reference).logits[0].float().log_softmax(-1)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def _sliding_gemma3(bidirectional: bool):
+    config = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=PAD,
+                              bos_token_id=None, eos_token_id=1, use_bidirectional_attention=bidirectional)
+    return _init(Gemma3ForCausalLM(config), seed=2, scale=0.3)
+
+
+def _held(cache) -> list[int]:
+    return [layer.keys.shape[-2] for layer in cache.layers]
+
+
+@torch.inference_mode()
+def test_an_ar_drafter_cache_holds_the_committed_context_and_drafts_what_recomputation_drafts():
+    """Between drafts an AR drafter's cache holds the committed tokens only, trimmed to each layer's window, and
+    its greedy drafts are the model's own greedy continuation computed from scratch."""
+    from diffuspec.drafters import ARDrafter
+
+    model = _sliding_gemma3(bidirectional=False)
+    drafter = ARDrafter(model)
+    for end in GROWING:
+        context = CONTEXT_IDS[:end]
+        draft = drafter.propose(context, 5).tokens
+        ids = context[None]
+        for _ in range(5):  # the reference: no cache at all
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+        assert draft.tolist() == ids[0, end:].tolist()
+        assert drafter._model.cached_ids.tolist() == context.tolist()
+        assert _held(drafter._model.cache) == [min(end, 7), end]
+
+
+@torch.inference_mode()
+def test_a_masked_diffusion_drafter_prefix_cache_holds_the_context_trimmed_to_each_window():
+    """The prefix cache drops the masked block after each draft and trims its sliding layers to W - 1 keys."""
+    from diffuspec.drafters import MaskedDiffusionDrafter
+
+    model = _sliding_gemma3(bidirectional=True)
+    window = model.config.sliding_window  # a bidirectional Gemma 3 looks W // 2 each way: 5 here
+    drafter = MaskedDiffusionDrafter(model, mask_token_id=2, prefix_cache=True)
+    for end in GROWING:
+        drafter.propose(CONTEXT_IDS[:end], 6)
+        assert drafter._model.cached_ids.tolist() == CONTEXT_IDS[:end].tolist()
+        assert _held(drafter._model.cache) == [min(end, window - 1), end]

@@ -8,7 +8,10 @@ import pytest
 from diffuspec.length import (
     AcceptanceEstimate,
     ADLState,
+    CostAwarePolicy,
     CostCurve,
+    MachineCosts,
+    StepFeedback,
     adl_update,
     argmax_match,
     best_draft_length,
@@ -50,6 +53,18 @@ def test_adl_ema_weights_the_new_observation_by_rho():
     state = adl_update(state, generated=10, accepted=30, **params)
     assert (state.generated_ema, state.accepted_ema) == (10.0, 12.0)
     assert state.k == 18  # A >= G: G + delta
+
+
+def test_adl_rounds_the_length_to_the_nearest_token():
+    # Fractions of .75 and .25, which rounding and truncation tell apart (rho = 0.5 and integer counts give .0 or
+    # .5, where Python's round and int agree).
+    params = dict(k_min=1, k_max=32, delta=2.5, rho=0.25)
+    start = ADLState(k=5, generated_ema=2.0, accepted_ema=0.0)
+    state = adl_update(start, generated=5, accepted=0, **params)
+    assert (state.generated_ema, state.k) == (2.75, 3)  # A < G: round(2.75)
+    assert adl_update(start, generated=3, accepted=0, **params).k == 2  # round(2.25)
+    state = adl_update(ADLState(k=5, generated_ema=2.0, accepted_ema=4.0), generated=5, accepted=4, **params)
+    assert state.k == 5  # A >= G: round(2.75 + 2.5)
 
 
 # ----- the cost model -------------------------------------------------------------------------------------
@@ -166,3 +181,64 @@ def test_cost_curve_interpolates_and_extrapolates():
     curve.observe(4, 9.0)  # three rising knots: each size reads the segment around it
     assert [curve(s) for s in (3, 4, 5, 6)] == pytest.approx([3.5, 9.0, 11.5, 14.0])
     assert curve.table(8) == pytest.approx([curve(s) for s in range(9)])
+
+
+# ----- the cost-aware policy on hand-built machine costs ---------------------------------------------------------
+
+
+def trained_cost_policy(verify: dict[int, float], *, k_min: int, k_max: int, search: bool = False,
+                        search_seconds: float = 0.0) -> CostAwarePolicy:
+    """A cost policy on hand-built costs (verification seconds by tokens verified; drafting free; path search
+    ``search_seconds`` at any length) whose drafts have all been accepted, 30 times."""
+    costs = MachineCosts.empty()
+    for size, seconds in verify.items():
+        costs.verify.observe(size, seconds)
+    policy = CostAwarePolicy(costs, "test", k_min=k_min, k_max=k_max, search=search, adaptive_search=False)
+    assert policy.choose(room=100).k == k_max  # the first step explores
+    for _ in range(30):
+        policy.observe(StepFeedback(drafted=k_max, accepted=k_max, generated=k_max, search_seconds=search_seconds))
+    return policy
+
+
+def best_k_by_definition(policy: CostAwarePolicy, k_min: int, k_max: int, search: bool) -> int:
+    """The k with the most E(k) / T(k), T(k) the step's seconds: verification of k + 1 tokens (the last committed
+    token and the draft), plus the search when it runs."""
+    alphas = (policy.searched if search else policy.argmax).alphas()
+    costs = policy.costs
+
+    def seconds(k):
+        return costs.verify(k + 1) + (policy.search_cost(k) if search else 0.0)
+
+    return max(range(k_min, k_max + 1), key=lambda k: expected_tokens(alphas, k) / seconds(k))
+
+
+# verification flat up to 4 tokens, then twice as dear: a draft of 3 fills the cheap pass
+FLAT_TO_4 = {1: 1.0, 4: 1.0, 5: 2.0, 9: 2.2}
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_the_cost_policy_verifies_k_plus_one_tokens(search):
+    """A draft of k tokens is verified with the token before it: k = 3 fills the flat part of the curve, and a
+    policy reading the curve one size off (k tokens) would take 4."""
+    policy = trained_cost_policy(FLAT_TO_4, k_min=2, k_max=7, search=search, search_seconds=0.1)
+    choice = policy.choose(room=100)
+    assert choice.k == best_k_by_definition(policy, 2, 7, search) == 3
+    assert choice.search is search
+    assert choice.predicted_tokens == pytest.approx(expected_tokens(policy._alphas(search), 3))
+
+
+def test_the_cost_policy_keeps_to_its_bounds_and_the_room_left():
+    policy = trained_cost_policy(FLAT_TO_4, k_min=5, k_max=7)
+    assert policy.choose(room=100).k == best_k_by_definition(policy, 5, 7, False) == 7  # 3 is below k_min
+    assert policy.choose(room=2).k == 2  # near max_new_tokens: never more than the room
+
+
+def test_the_cost_policy_adds_tree_nodes_while_verification_stays_flat():
+    """A path of 3 verifies 4 tokens; 4 branch nodes fill the flat part (8 verified), the 5th triples the cost."""
+    policy = trained_cost_policy({1: 1.0, 8: 1.0, 9: 3.0, 16: 3.5}, k_min=1, k_max=3)
+    values = [0.3] * 8
+    path = expected_tokens(policy.argmax.alphas(), 3)
+    rates = [(path + sum(values[:m])) / policy.costs.verify(3 + 1 + m) for m in range(len(values) + 1)]
+    nodes, predicted = policy.tree_branches(3, values)
+    assert nodes == rates.index(max(rates)) == 4
+    assert predicted == pytest.approx(path + 4 * 0.3)

@@ -201,6 +201,29 @@ def test_beam_search_prefers_causally_consistent_path():
     assert beam_search(lattice, proxy, [4, 2], beam_width=3, lam=1.0, eos_token_ids=[EOS])[0] == [1, 2]
 
 
+@pytest.mark.parametrize("lam, path", [(0.8, [1, 1]), (0.2, [2, 2])])
+def test_lambda_weighs_the_drafter_against_the_proxy(lam, path):
+    # The drafter prefers 1 (0.9 against 0.1) at both positions; the proxy has only ever seen 2 follow 3 and 2.
+    # lambda is the drafter's weight: at 0.8 the drafter decides, at 0.2 the proxy (at 0.5 both weigh the same,
+    # which cannot tell lambda from 1 - lambda).
+    proxy = NGramProxy(vocab_size=5, order=2)
+    proxy.extend([3, 2, 2, 2, 3, 2, 2])
+    lattice = lattice_of([[(1, 0.9), (2, 0.1)]] * 2)
+    ranked = beam_search(lattice, proxy, [3], beam_width=4, lam=lam, eos_token_ids=[EOS])
+    assert ranked[0] == path
+    scores = {tuple(p): path_score(p, lattice, proxy, [3], lam) for p in all_paths(lattice)}
+    assert max(scores, key=scores.get) == tuple(path)
+    assert PathSearch(lam=lam, tau=0.95)(lattice_logprobs(lattice, 5), [3], proxy, [EOS]) == path
+
+
+def lattice_logprobs(lattice: Lattice, vocab_size: int) -> torch.Tensor:
+    """Drafter log-probabilities whose pruned lattice (with tau 0.95 here) is ``lattice``."""
+    rows = torch.full((len(lattice), vocab_size), -30.0)
+    for i, (tokens, lps) in enumerate(lattice):
+        rows[i, tokens] = torch.tensor(lps)
+    return rows
+
+
 def test_beam_search_path_ends_at_eos():
     proxy = NGramProxy(vocab_size=4, order=2)
     proxy.extend([2, EOS, 2, EOS])
@@ -229,8 +252,9 @@ def test_short_history_gives_the_proxy_its_full_context():
     assert beam_search(lattice, proxy, [6], beam_width=3, lam=0.5, eos_token_ids=[EOS])[0] == [1, 4]
 
 
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.8])
 @pytest.mark.parametrize("seed", range(4))
-def test_exhaustive_beam_search_ranks_every_path_by_its_mean_score(seed):
+def test_exhaustive_beam_search_ranks_every_path_by_its_mean_score(seed, lam):
     # A beam as wide as the lattice keeps every path: its ranking must be the definition's.
     g = torch.Generator().manual_seed(seed)
     corpus = CorpusNGram.count(torch.randint(0, 6, (4, 30), generator=g), vocab_size=6, order=4, min_count=1)
@@ -241,11 +265,11 @@ def test_exhaustive_beam_search_ranks_every_path_by_its_mean_score(seed):
     )
     history = [int(torch.randint(0, 6, (1,), generator=g))]  # shorter than the orders
     paths = all_paths(lattice)
-    ranked = beam_search(lattice, proxy, history, beam_width=len(paths), lam=0.5, eos_token_ids=[EOS])
+    ranked = beam_search(lattice, proxy, history, beam_width=len(paths), lam=lam, eos_token_ids=[EOS])
     assert sorted(ranked) == sorted(paths)
-    scores = [path_score(p, lattice, proxy, history, 0.5) for p in ranked]
+    scores = [path_score(p, lattice, proxy, history, lam) for p in ranked]
     assert scores == sorted(scores, reverse=True)
-    assert scores == pytest.approx(sorted([path_score(p, lattice, proxy, history, 0.5) for p in paths], reverse=True))
+    assert scores == pytest.approx(sorted([path_score(p, lattice, proxy, history, lam) for p in paths], reverse=True))
 
 
 def test_cps_disabled_is_argmax():
