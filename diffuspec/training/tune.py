@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..tuning import TUNING_FILE, set_chat, template_text
 from .chat_data import Conversation, render, stdlib_facts, synthesize
 from .evaluate import evaluate_chat
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-TUNING_FILE = "tuning.json"  # what the loader applies: the chat template, the end-of-turn ids, the adapter
 ADAPTER_DIR = "adapter"
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -47,10 +47,6 @@ class TuningRecipe:
     checkpoint_every: int = 25
     end_of_turn: tuple[str, ...] = ("<end_of_turn>",)  # tokens that end an answer besides EOS
     template: str = field(default="gemma_tools", compare=False)  # a file in diffuspec/chat_templates/
-
-
-def template_text(name: str) -> str:
-    return (Path(__file__).parent.parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
 def rendered_rows(tokenizer: PreTrainedTokenizerBase, conversations: list[Conversation],
@@ -160,25 +156,22 @@ def tune_target(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out:
     model.save_pretrained(out / ADAPTER_DIR)
     shutil.rmtree(checkpoint, ignore_errors=True)
     (out / CHAT_TEMPLATE_FILE).write_text(tokenizer.chat_template)
-    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in recipe.end_of_turn]
     (out / TUNING_FILE).write_text(json.dumps({"adapter": ADAPTER_DIR, "chat_template": CHAT_TEMPLATE_FILE,
-                                               "end_of_turn_token_ids": end_ids}, indent=2) + "\n")
+                                               "end_of_turn": list(recipe.end_of_turn)}, indent=2) + "\n")
     merged = model.merge_and_unload()
+    set_chat(merged, tokenizer, None, recipe.end_of_turn)
     metrics = {"recipe": asdict(recipe), "train_seconds": seconds, "train_losses": losses,
                "trainable_parameters": sum(p.numel() for p in trainable)}
-    metrics["heldout"] = evaluate_tuned(merged, tokenizer, recipe, end_ids)
+    metrics["heldout"] = evaluate_tuned(merged, tokenizer, recipe)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def evaluate_tuned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: TuningRecipe,
-                   end_ids: list[int]) -> dict:
+def evaluate_tuned(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: TuningRecipe) -> dict:
     """The tuned target alone (greedy) on held-out conversations."""
     from ..config import DiffuSpecConfig
     from ..engine import DiffuSpec
 
-    eos = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = sorted({*([eos] if isinstance(eos, int) else eos or []), *end_ids})
     engine = DiffuSpec(model, None, tokenizer, DiffuSpecConfig(mode="ar"))
     heldout = synthesize(stdlib_facts(), recipe.eval_conversations, recipe.seed + 20, "eval")
     return evaluate_chat(engine, heldout, recipe.eval_new_tokens, mode="ar")
