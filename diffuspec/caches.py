@@ -22,11 +22,14 @@ the views. Every other layout keeps transformers' own layer.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from .config import DiffuSpecError
+from .errors import DiffuSpecError
 
 
 class BufferedLayer(DynamicLayer):
@@ -73,6 +76,18 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
     cache.layers = [BufferedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     cache.activate_past_recording()
     return cache
+
+
+@functools.cache
+def _cache_keyword(forward_owner: type) -> str:
+    parameters = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_kwargs(model: torch.nn.Module, cache) -> dict:
+    """``{name: cache}`` for ``model``'s forward: transformers 5.24 renamed ``past_key_values`` to ``cache`` (the
+    old name still works there but warns), older releases and remote code take ``past_key_values``."""
+    return {_cache_keyword(type(model)): cache}
 
 
 def rollback(cache: DynamicCache, drop: int) -> None:
@@ -122,7 +137,7 @@ def accepts_cache(model: PreTrainedModel) -> bool:
     probe = torch.zeros(1, 2, dtype=torch.long, device=model.device)
     try:
         with torch.inference_mode():
-            model(input_ids=probe, past_key_values=cache, use_cache=True)
+            model(input_ids=probe, use_cache=True, **cache_kwargs(model, cache))
     except Exception:  # noqa: BLE001  whatever remote code does with a cache it cannot take (LLaDA: AssertionError)
         return False
     return cache.get_seq_length() == probe.shape[1]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .caches import has_sliding_window, new_cache, rollback
+from .caches import cache_kwargs, has_sliding_window, new_cache, rollback
 from .verification import SamplingParams
 
 
@@ -100,7 +100,7 @@ class CachedPrefixModel:
             kwargs["attention_mask"] = torch.ones(
                 1, 1, feed.shape[1], reuse + feed.shape[1], dtype=torch.bool, device=feed.device
             )
-        out = self.model(input_ids=feed, past_key_values=self.cache, use_cache=self.use_cache, **kwargs)
+        out = self.model(input_ids=feed, use_cache=self.use_cache, **cache_kwargs(self.model, self.cache), **kwargs)
         if self.use_cache:
             self.cached_ids = torch.cat([context, extra]) if keep_extra else context
             if not keep_extra:

@@ -33,7 +33,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from .caches import BufferedLayer, rollback
+from .caches import BufferedLayer, cache_kwargs, rollback
 from .verification import SamplingParams, position_gumbel
 
 TREE_ATTENTION = ("eager", "sdpa")  # implementations that use a 4D additive mask as given
@@ -266,8 +266,8 @@ def verify_tree(
     past = cache.get_seq_length()
     mask, positions = tree_attention(tree, past, target.dtype, last.device)
     feed = torch.cat([last, tree.tokens])
-    logits = target(input_ids=feed[None], attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True).logits[0]
+    logits = target(input_ids=feed[None], attention_mask=mask, position_ids=positions, use_cache=True,
+                    **cache_kwargs(target, cache)).logits[0]
     if sampling.greedy:
         scores = logits
     else:

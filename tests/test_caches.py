@@ -8,7 +8,7 @@ from tiny_models import PAD, _init, make_target
 from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from diffuspec.caches import BufferedLayer, new_cache, rollback
+from diffuspec.caches import BufferedLayer, cache_kwargs, new_cache, rollback
 from diffuspec.tree import compact_cache
 
 VOCAB = 32
@@ -37,7 +37,8 @@ def test_a_buffered_cache_computes_what_the_dynamic_cache_does(arch):
                 compact_cache(cache, past, [1, 3, 4])
             continue
         feed = torch.randint(4, VOCAB, (1, size), generator=g)
-        logits = [model(input_ids=feed, past_key_values=cache, use_cache=True).logits for cache in (buffered, reference)]
+        logits = [model(input_ids=feed, use_cache=True, **cache_kwargs(model, cache)).logits
+                  for cache in (buffered, reference)]
         assert torch.equal(*logits)
         for cache in (buffered, reference):
             rollback(cache, drop)
@@ -50,15 +51,15 @@ def test_a_buffered_cache_computes_what_the_dynamic_cache_does(arch):
 def test_a_rollback_moves_no_data_and_a_forward_writes_in_place():
     model = make_target("llama", VOCAB)
     cache = new_cache(model)
-    model(input_ids=torch.full((1, 20), 5), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.full((1, 20), 5), use_cache=True, **cache_kwargs(model, cache))
     layer = cache.layers[0]
     buffer, room = layer.key_buffer, layer.key_buffer.shape[-2]
     assert room >= 2 * 20  # geometric: room to spare, not one allocation per step
     rollback(cache, 4)
     assert layer.keys.data_ptr() == buffer.data_ptr() and layer.get_seq_length() == 16
-    model(input_ids=torch.full((1, 7), 6), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.full((1, 7), 6), use_cache=True, **cache_kwargs(model, cache))
     assert layer.key_buffer is buffer and layer.keys.shape[-2] == 23  # written in place, returned as a view
-    model(input_ids=torch.full((1, room), 7), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.full((1, room), 7), use_cache=True, **cache_kwargs(model, cache))
     assert layer.key_buffer.shape[-2] >= 2 * (23 + room)  # grown when full
     assert torch.equal(layer.keys[..., :23, :], buffer[..., :23, :])  # with what it held
 
@@ -90,12 +91,13 @@ def test_the_diffusion_gemma_encoder_cache_holds_what_transformers_own_cache_hol
     for end in GROWING:
         got = drafter.propose(CONTEXT_IDS[:end], 4, generator=torch.Generator().manual_seed(end)).logprobs
         reference = DynamicCache(config=model.config)  # no recording: transformers trims as it goes
-        model.model.encoder(input_ids=CONTEXT_IDS[None, :end], past_key_values=reference, use_cache=True)
+        encoder = model.model.encoder
+        encoder(input_ids=CONTEXT_IDS[None, :end], use_cache=True, **cache_kwargs(encoder, reference))
         for mine, theirs in zip(drafter.cache.layers, reference.layers):
             assert mine.keys.shape == theirs.keys.shape, (end, type(mine).__name__)
             torch.testing.assert_close(mine.keys, theirs.keys, atol=1e-5, rtol=1e-5)
         canvas = torch.randint(VOCAB, (1, 4), generator=torch.Generator().manual_seed(end))  # the drafter's canvas
-        want = model(decoder_input_ids=canvas, past_key_values=reference).logits[0].float().log_softmax(-1)
+        want = model(decoder_input_ids=canvas, **cache_kwargs(model, reference)).logits[0].float().log_softmax(-1)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -17,7 +17,7 @@ from test_sampling import NEW_TOKENS, SAMPLING, TRIALS, exact_sequence_distribut
 from tiny_models import CONTEXT, EOS, PAD, _init, char_tokenizer, hf_greedy, make_diffusion_drafter, make_target
 
 from diffuspec import DiffuSpec, DiffuSpecConfig, DiffuSpecError, Draft, Drafter, SamplingParams
-from diffuspec.caches import new_cache
+from diffuspec.caches import cache_kwargs, new_cache
 from diffuspec.length import CostAwarePolicy, MachineCosts, StepFeedback
 from diffuspec.tree import (
     SINGLE_PATH,
@@ -215,12 +215,12 @@ def test_one_tree_pass_commits_what_sequential_decoding_does(arch):
     tree = build_tree(paths)
     cache = new_cache(target)
     assert supports_tree(target, cache)
-    target(input_ids=torch.tensor([prompt[:-1]]), past_key_values=cache, use_cache=True)
+    target(input_ids=torch.tensor([prompt[:-1]]), use_cache=True, **cache_kwargs(target, cache))
     verdict = verify_tree(target, cache, torch.tensor(prompt[-1:]), tree, SamplingParams(), seed=0, generated=0)
     committed = [*tree.tokens[verdict.accepted_nodes].tolist(), verdict.next_token]
     assert committed == ref[:4] and verdict.rank == 2
     assert cache.get_seq_length() == len(prompt) - 1 + 1 + 3  # context, root, three accepted nodes
-    after = target(input_ids=torch.tensor([[committed[-1]]]), past_key_values=cache, use_cache=True).logits[0, -1]
+    after = target(input_ids=torch.tensor([[committed[-1]]]), use_cache=True, **cache_kwargs(target, cache)).logits[0, -1]
     fresh = target(input_ids=torch.tensor([prompt + committed])).logits[0, -1]
     torch.testing.assert_close(after, fresh, atol=1e-4, rtol=1e-4)
 

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import DFlashCache
 
+from ..caches import cache_kwargs
 from ..drafters import Draft, Drafter
 
 DFLASH_MODEL_TYPES = ("muse_glimmer_assistant",)  # the DFlash architectures transformers ships
@@ -74,7 +75,7 @@ class DFlashDrafter(Drafter):
             noise_embeds=self.target.get_input_embeddings()(block)[None].to(self.model.dtype),
             context_hidden_states=fresh[None].to(self.model.dtype),
             position_ids=positions[None],
-            past_key_values=self.cache,
+            **cache_kwargs(self.model, self.cache),
         ).last_hidden_state[0, 1 : 1 + min(k, self.max_draft)]
         self.cache.crop(-self.block_size)  # keep the context, drop the block
         self.cached += fresh.shape[0]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from ..caches import new_cache, rollback
+from ..caches import cache_kwargs, new_cache, rollback
 from ..drafters import Draft, Drafter
 
 DEFAULT_ENTROPY_BOUND = 0.1  # DiffusionGemma's own sampler default (generation config ``sampler_config``)
@@ -62,7 +62,8 @@ class DiffusionGemmaDrafter(Drafter):
         if reuse < self.cached_ids.numel():
             rollback(self.cache, self.cached_ids.numel() - reuse)
         if reuse < context.numel():
-            self.model.model.encoder(input_ids=context[None, reuse:], past_key_values=self.cache, use_cache=True)
+            encoder = self.model.model.encoder
+            encoder(input_ids=context[None, reuse:], use_cache=True, **cache_kwargs(encoder, self.cache))
             rollback(self.cache, 0)  # trim sliding layers: the decoder reads every key a layer holds
         self.cached_ids = context.clone()
 
@@ -83,8 +84,8 @@ class DiffusionGemmaDrafter(Drafter):
         canvas = torch.randint(self.vocab_size, (1, k), generator=generator, device=context.device)
         logits = None
         for step in range(self.denoising_steps):
-            logits = self.model(decoder_input_ids=canvas, past_key_values=self.cache,
-                                self_conditioning_logits=logits).logits
+            logits = self.model(decoder_input_ids=canvas, self_conditioning_logits=logits,
+                                **cache_kwargs(self.model, self.cache)).logits
             if step + 1 < self.denoising_steps:
                 canvas = self._next_canvas(logits, generator)
         return Draft(logprobs=logits[0].float().log_softmax(dim=-1), forwards=self.denoising_steps)

@@ -13,6 +13,8 @@ import inspect
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from ..caches import cache_kwargs
+
 
 class BlockRows:
     """``rows(committed, blocks)``: for each of the R blocks [R, L] after ``committed``, the logits [m_r, V] of
@@ -77,7 +79,7 @@ class BlockRows:
         keep = pending.numel() + row * width + column + self.offset
         ids = torch.cat([pending, rows.flatten()])
         logits = self._forward(ids[None], mask[None, None], keep, position_ids=positions[None],
-                               past_key_values=self.cache, use_cache=True)
+                               use_cache=True, **cache_kwargs(self.model, self.cache))
         self.cache.crop(before - self.cache.get_seq_length())  # keep the committed text only
         self.cached = before
         return logits[0]
