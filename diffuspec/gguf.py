@@ -83,6 +83,7 @@ def convert_gguf(file: Path, dtype: torch.dtype | None = None, sha256: str | Non
     """A folder holding ``file`` converted to a transformers model and tokenizer in ``dtype`` (default float32):
     the cached conversion, made now (one line on stderr) if there is none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     target = converted_dir(sha256 or file_sha256(file), dtype)
     if (target / "config.json").is_file():
@@ -90,22 +91,28 @@ def convert_gguf(file: Path, dtype: torch.dtype | None = None, sha256: str | Non
     print(f"diffuspec: converting {file.name} to {_dtype_name(dtype)} once (about a minute or two); "
           f"later loads read {target}", file=sys.stderr, flush=True)
     folder, name = str(file.parent), file.name
+    partial = target.with_name(f"{target.name}.part-{os.getpid()}")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the line above is the progress report
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+        # The weights are plain tensors now; without this, save_pretrained refuses a "gguf-quantized" model and
+        # the saved config would ask for a quantizer at the next load.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     except ImportError as error:
         raise DiffuSpecError(f"reading {name} needs the gguf package: pip install gguf ({error})") from error
-    except Exception as error:  # a damaged file, an architecture transformers cannot read from GGUF
-        raise DiffuSpecError(f"transformers could not load the GGUF file {file}: {error}") from error
-    # The weights are plain tensors now; without this, save_pretrained refuses a "gguf-quantized" model and the
-    # saved config would ask for a quantizer at the next load.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    partial = target.with_name(f"{target.name}.part-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    except Exception as error:  # a damaged file, an architecture transformers cannot read from GGUF, a full disk
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DiffuSpecError(f"could not convert the GGUF file {file}: {error}") from error
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     try:
         partial.rename(target)
     except OSError:  # another process finished the same conversion first
