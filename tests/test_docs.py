@@ -34,7 +34,6 @@ import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -261,11 +260,9 @@ def run_snippets(snippets_file: str, results_file: str) -> None:
     Path(results_file).write_text(json.dumps(results))
 
 
-@cache
-def snippet_results(tmp: str) -> dict:
-    tmp_dir = Path(tmp)
+def snippet_results(chosen: list[Snippet], tmp_dir: Path) -> dict:
     todo, done = tmp_dir / "snippets.json", tmp_dir / "results.json"
-    todo.write_text(json.dumps([{"name": s.name, "code": s.code} for s in snippets()]))
+    todo.write_text(json.dumps([{"name": s.name, "code": s.code} for s in chosen]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     child = subprocess.run([sys.executable, __file__, str(todo), str(done)], capture_output=True, text=True,
                            env=env, cwd=ROOT, timeout=1800)
@@ -274,8 +271,11 @@ def snippet_results(tmp: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return snippet_results(str(tmp_path_factory.mktemp("doc-snippets")))
+def results(request, tmp_path_factory):
+    """The results of the snippets this run selected (all of them, or those picked with -k or a node id)."""
+    chosen = [item.callspec.params["snippet"] for item in request.session.items
+              if item.originalname == "test_runnable_snippet_runs" and item.module is sys.modules[__name__]]
+    return snippet_results(chosen, tmp_path_factory.mktemp("doc-snippets"))
 
 
 def test_the_pages_have_runnable_snippets():
