@@ -33,6 +33,7 @@ class Drafter(ABC):
     # Indices into the target's ``hidden_states`` output (0: the embeddings) this drafter reads (a DFlash drafter
     # conditions on target layers); empty: the target's verification passes need not return any.
     hidden_layers: tuple[int, ...] = ()
+    max_draft: int | None = None  # the most tokens one proposal can hold (a fixed block size); None: any number
 
     def reset(self) -> None:
         """Forget any state kept from an earlier generation."""

@@ -3,6 +3,7 @@ distribution (chi-square goodness of fit; each test fails falsely with probabili
 distribution is computed with transformers' own warpers, not the engine's, so these tests stand on their own:
 temperature, top-k and top-p are all set, and the first step drafts a block of three tokens."""
 
+import copy
 from collections import Counter
 
 import pytest
@@ -103,6 +104,25 @@ def test_sampled_sequences_follow_the_target_distribution(small_pair, draft_samp
         accepted_lengths.update(out.stats.accepted_lengths)
     # drafts were really accepted, deep into the block, not only the target's own tokens
     assert sum(n for length, n in accepted_lengths.items() if length >= 2) >= TRIALS[draft_sampling] // 10
+    assert goodness_of_fit(samples, exact) > ALPHA
+
+
+def test_sampled_sequences_of_a_gemma3_layout_target_follow_its_distribution():
+    """Gemma 3's layout (sliding-window layers around a global one; the window of 8 is shorter than prompt and
+    output together), drafted by a copy of itself: its greedy drafts are accepted whenever the sampled token is
+    the argmax, so Gumbel-max verification accepts deep into the block and the output must still be exact."""
+    tokenizer = char_tokenizer("abc")
+    target = make_target("gemma3", len(tokenizer), seed=19)  # 18 reachable sequences, the likeliest at 0.18
+    prompt = tokenizer("abcabc")["input_ids"]
+    exact = exact_sequence_distribution(target, prompt, {tokenizer.eos_token_id}, SAMPLING)
+    engine = DiffuSpec(target, None, tokenizer, DiffuSpecConfig(mode="ar-drafter", draft_length=DRAFT_LENGTH),
+                       ar_drafter=copy.deepcopy(target))
+    samples, deep = Counter(), 0
+    for seed in range(TRIALS["point-mass"]):
+        out = engine.generate(prompt, max_new_tokens=NEW_TOKENS, seed=seed, **SAMPLING)
+        samples[tuple(out.token_ids)] += 1
+        deep += sum(length >= 2 for length in out.stats.accepted_lengths)
+    assert deep >= TRIALS["point-mass"] // 10
     assert goodness_of_fit(samples, exact) > ALPHA
 
 

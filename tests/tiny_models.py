@@ -64,6 +64,11 @@ def make_target(arch: str, vocab_size: int, seed: int = 0, eos: int = EOS):
     elif arch == "gpt2":
         config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT, **common)
         model = GPT2LMHeadModel(config)
+    elif arch == "gemma3":  # Gemma 3's layout: sliding-window layers around a global one, tied embedding
+        config = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                  num_key_value_heads=1, head_dim=8, sliding_window=8, max_position_embeddings=CONTEXT,
+                                  layer_types=["sliding_attention", "full_attention", "sliding_attention"], **common)
+        model = Gemma3ForCausalLM(config)
     else:
         raise ValueError(arch)
     return _init(model, seed, scale=0.3)
@@ -95,7 +100,8 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def targets(tokenizer):
-    return {arch: make_target(arch, len(tokenizer), seed=i) for i, arch in enumerate(["llama", "qwen2", "gpt2"])}
+    return {arch: make_target(arch, len(tokenizer), seed=i)
+            for i, arch in enumerate(["llama", "qwen2", "gpt2", "gemma3"])}
 
 
 @pytest.fixture(scope="session")
