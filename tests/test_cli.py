@@ -81,11 +81,12 @@ def test_argparse_errors_exit_2(capsys):
 
 @pytest.fixture(scope="module")
 def demo_engine():
-    return DiffuSpec.from_pretrained(device="cpu")
+    return DiffuSpec.from_pretrained("tiny", device="cpu")
 
 
 def run_json(argv, capsys):
-    assert main([*argv, "--json"]) == 0
+    """``diffuspec ARGV --json`` on the tiny preset."""
+    assert main([*argv, "--target", "tiny", "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 

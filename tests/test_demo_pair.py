@@ -42,7 +42,7 @@ def test_shipped_tokenizer_has_a_chat_template_with_tools():
 
 @pytest.fixture(scope="module")
 def engine():
-    return DiffuSpec.from_pretrained(device="cpu")
+    return DiffuSpec.from_pretrained("tiny", device="cpu")
 
 
 @pytest.mark.parametrize("prompts", ["prompts.jsonl", "short_prompts.jsonl", "chat_prompts.jsonl"])
@@ -60,7 +60,7 @@ def test_greedy_equality_on_heldout_prompts(engine, prompts):
 
 
 def test_cli_generate_json_on_the_embedded_pair(capsys):
-    assert main(["generate", "import os\n", "--max-new-tokens", "20", "--json"]) == 0
+    assert main(["generate", "import os\n", "--target", "tiny", "--max-new-tokens", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["finish_reason"] in ("eos", "length", "stop") and result["stats"]["steps"] >= 1
     assert len(result["token_ids"]) <= 20

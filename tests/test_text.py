@@ -194,7 +194,7 @@ def test_stop_strings_give_the_same_text_in_every_mode(tiny_engine, tokenizer):
 
 @pytest.fixture(scope="module")
 def demo_engine():
-    return DiffuSpec.from_pretrained(device="cpu")
+    return DiffuSpec.from_pretrained("tiny", device="cpu")
 
 
 def test_overlapping_stops_on_the_demo_pair(demo_engine):
