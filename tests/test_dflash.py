@@ -113,15 +113,19 @@ def test_train_dflash_end_to_end(tmp_path):
     """A tiny target with a character tokenizer (newlines included: raw prompts start at corpus lines) gets a
     drafter that transformers loads with AutoModel and runs losslessly."""
     from diffuspec.training.dflash import DFlashRecipe, train_dflash
+    from diffuspec.training.target_text import TextRecipe
 
     tokenizer = char_tokenizer(string.ascii_letters + string.digits + " .,:()=_'\"\n")
     target = make_target("llama", len(tokenizer))
     target.save_pretrained(tmp_path / "target")
     tokenizer.save_pretrained(tmp_path / "target")
-    recipe = DFlashRecipe(layers=1, heads=4, ffn=32, block_size=4, corpus_bytes=20_000, prompts=16, prompt_max=12,
-                          continuation=12, steps=4, batch_size=4, blocks_per_row=2)
+    text = TextRecipe(raw_prompts=16, chat_prompts=0, prompt_max=12, continuation=12, eval_raw_prompts=4,
+                      eval_chat_prompts=0, corpus_bytes=1_000_000, chunk=8)
+    recipe = DFlashRecipe(layers=1, heads=4, ffn=32, block_size=4, steps=4, batch_rows=4, blocks_per_row=2, text=text)
     metrics = train_dflash(tmp_path / "target", tmp_path / "dflash", recipe)
-    assert json.loads((tmp_path / "dflash" / "metrics.json").read_text())["own_parameters"] == metrics["own_parameters"]
+    saved = json.loads((tmp_path / "dflash" / "metrics.json").read_text())
+    assert saved["own_parameters"] == metrics["own_parameters"]
+    assert len(saved["heldout"]["per_position_acceptance"]) == 3
     assert (tmp_path / "dflash" / "README.md").is_file()
     dflash = AutoModel.from_pretrained(tmp_path / "dflash")
     assert dflash.config.block_size == 4 and dflash.config.mask_token_id == MASK

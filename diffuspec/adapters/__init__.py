@@ -5,7 +5,9 @@ the model is; the decoding loop only ever sees the ``Drafter`` interface.
 - DiffusionGemma (native, ``diffusion_gemma.py``): its own canvas and encoder cache;
 - any other diffusion LM: ``MaskedDiffusionDrafter`` (unshifted LLaDA/MDLM style, or Dream-style shifted), with
   the prefix cache where the model takes one (``caches.accepts_cache``; LLaDA does not);
-- a model with its own tokenizer (``DrafterWithTokenizer``): the above, wrapped to translate through text.
+- a model with its own tokenizer (``DrafterWithTokenizer``): the above, wrapped to translate through text;
+- a drafter that borrows the target's embeddings and reads its hidden states (``bound_drafter_factory``): the
+  block drafter (``block_drafter.py``, ``diffuspec train-drafter``) and DFlash (``dflash.py``), made with the target.
 """
 
 from __future__ import annotations
@@ -17,11 +19,27 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..caches import accepts_cache, check_rollback
 from ..config import DiffuSpecConfig
 from ..drafters import ARDrafter, Drafter, MaskedDiffusionDrafter
+from .block_drafter import BlockDrafter, draft_head, is_block_drafter
+from .dflash import DFlashDrafter, is_dflash
 from .diffusion_gemma import DiffusionGemmaDrafter, is_diffusion_gemma, tiny_diffusion_gemma_pair
 from .text_bridge import DrafterWithTokenizer, TextTranslatingDrafter, shares_vocabulary
 
-__all__ = ["DiffusionGemmaDrafter", "DrafterWithTokenizer", "TextTranslatingDrafter", "drafter_factory",
-           "shares_vocabulary", "tiny_diffusion_gemma_pair"]
+__all__ = ["BlockDrafter", "DFlashDrafter", "DiffusionGemmaDrafter", "DrafterWithTokenizer", "TextTranslatingDrafter",
+           "bound_drafter_factory", "drafter_factory", "shares_vocabulary", "tiny_diffusion_gemma_pair"]
+
+
+def bound_drafter_factory(model: object, target: PreTrainedModel) -> Callable[[], Drafter] | None:
+    """How to make a request's drafter for a model that drafts with the target's own parts (its embeddings, LM
+    head rows, hidden states), checked against ``target`` now; None for any other model."""
+    if is_block_drafter(model):
+        model = model.to(device=target.device, dtype=target.dtype)  # stored in bfloat16; run as the target runs
+        head = draft_head(target, model)  # shared by the requests: read-only
+        BlockDrafter(target, model, head)  # refuses a drafter made for another target, now
+        return lambda: BlockDrafter(target, model, head)
+    if is_dflash(model):
+        DFlashDrafter(target, model)
+        return lambda: DFlashDrafter(target, model)
+    return None
 
 
 def drafter_factory(
