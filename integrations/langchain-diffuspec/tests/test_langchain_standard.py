@@ -1,5 +1,7 @@
-"""langchain-tests' standard suites for ChatDiffuSpec on the embedded demo pair."""
+"""langchain-tests' standard suites for ChatDiffuSpec: on the tiny preset (fast), and on the default real model
+(slow: tool calling and structured output included)."""
 
+import pytest
 from langchain_diffuspec import ChatDiffuSpec
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
@@ -20,7 +22,7 @@ class TestChatDiffuSpecUnit(ChatModelUnitTests):
 
 
 class TestChatDiffuSpecIntegration(ChatModelIntegrationTests):
-    """The standard checks that make sense for a small local code model (no tool use, images, audio, PDFs)."""
+    """The checks that make sense for the tiny code-completion preset (no tool use, images, audio, PDFs)."""
 
     @property
     def chat_model_class(self):
@@ -28,7 +30,7 @@ class TestChatDiffuSpecIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self):
-        return {"max_tokens": 32}
+        return {"target": "tiny", "max_tokens": 32}
 
     @property
     def has_tool_calling(self):
@@ -45,3 +47,41 @@ class TestChatDiffuSpecIntegration(ChatModelIntegrationTests):
     @property
     def supports_model_override(self):
         return False  # one local engine per wrapper: build another ChatDiffuSpec for another model
+
+
+@pytest.mark.slow
+class TestChatDiffuSpecDefaultModel(ChatModelIntegrationTests):
+    """The standard checks on ``ChatDiffuSpec()`` with no arguments: the default real model, tuned to call tools
+    and answer in JSON (slow: it loads Gemma 3 270M; run with ``-m slow``)."""
+
+    @property
+    def chat_model_class(self):
+        return ChatDiffuSpec
+
+    @property
+    def chat_model_params(self):
+        return {}
+
+    @property
+    def has_tool_calling(self):
+        return True
+
+    @property
+    def has_tool_choice(self):
+        return True
+
+    @property
+    def has_structured_output(self):
+        return True
+
+    @property
+    def supports_json_mode(self):
+        return True
+
+    @property
+    def returns_usage_metadata(self):
+        return True
+
+    @property
+    def supports_model_override(self):
+        return False
