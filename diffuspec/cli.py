@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from .bench_prompts import PROMPT_SETS
 from .config import LENGTH_POLICIES, MODES, DiffuSpecConfig, DiffuSpecError
 
 
@@ -175,9 +176,6 @@ def _align(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
-PROMPT_SETS = {"heldout": "prompts.jsonl", "short": "short_prompts.jsonl", "chat": "chat_prompts.jsonl"}
-
-
 def _replica_engine(name: str):
     """A tiny random pair built in-process for a drafter family no hub can serve here (plumbing, not speed):
     DiffusionGemma drafting for Gemma 4, with the embedded tokenizer."""
@@ -193,30 +191,69 @@ def _replica_engine(name: str):
     return DiffuSpec(target, drafter, tokenizer)
 
 
-def _bench(args: argparse.Namespace) -> None:
-    from .bench import default_methods, dflash_methods, dlm_methods, markdown_table, run_benchmark, write_results
-    from .loading import EMBEDDED_DIR
+def _bench_prompts(args: argparse.Namespace) -> list:
+    """The prompts of ``--spec-bench``, ``--prompt-set`` and ``--prompts`` (the held-out set when none is
+    given), cut to ``--per-category`` and ``--limit``; files are checked before any model loads."""
+    from .bench_prompts import per_category, prompt_set, spec_bench, text_set
 
-    _require_positive(limit=args.limit, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
-    source = args.spec_bench or args.prompts or (EMBEDDED_DIR / PROMPT_SETS[args.prompt_set])
-    prompts = _read_prompts(source)[: args.limit]
-    engine = _replica_engine(args.replica) if args.replica else _load_engine(args)
-    methods = {**default_methods(engine), **dlm_methods(engine)}
-    dflash_dir = args.dflash or (EMBEDDED_DIR / "dflash" if (EMBEDDED_DIR / "dflash" / "config.json").exists() else None)
+    sets = args.prompt_set or ([] if args.prompts or args.spec_bench else ["heldout"])
+    prompts = spec_bench(args.spec_bench) if args.spec_bench else []
+    for name in dict.fromkeys(sets):
+        prompts += prompt_set(name)
+    if args.prompts:
+        prompts += text_set(_read_prompts(args.prompts), "prompts")
+    if args.per_category:
+        prompts = per_category(prompts, args.per_category)
+    return prompts[: args.limit]
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from .bench import (PLOTS_HINT, core_methods, dflash_methods, dlm_methods, llamacpp_methods, markdown_table,
+                        reference_of, run_benchmark, sweep_methods, target_gguf, write_results)
+    from .loading import EMBEDDED_DIR
+    from .presets import preset
+
+    _require_positive(limit=args.limit, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                      per_category=args.per_category)
+    prompts = _bench_prompts(args)
+    # every row names its mode; "ar" as the configured one lets a target without a drafter load too
+    engine = _replica_engine(args.replica) if args.replica else _load_engine(args, DiffuSpecConfig(mode="ar"))
+    core = {**core_methods(engine), **dlm_methods(engine)}
+    methods = {**core, **sweep_methods(engine)}
+    embedded_dflash = EMBEDDED_DIR / "dflash"  # trained for the tiny preset's target only
+    tiny = not args.replica and getattr(preset(args.target), "name", None) == "tiny"
+    dflash_dir = args.dflash or (embedded_dflash if tiny and (embedded_dflash / "config.json").exists() else None)
     if dflash_dir is not None:
-        methods |= dflash_methods(engine, _load_dflash(str(dflash_dir), engine.device))
-    chosen = args.methods or [name for name in methods if name not in ("dlm", "spiffy")]
+        core |= dflash_methods(engine, _load_dflash(str(dflash_dir), engine.device))
+    if args.llamacpp:
+        gguf = target_gguf(args.target) if args.llamacpp == "target" else args.llamacpp
+        longest = max(len(p.token_ids(engine.tokenizer)) for p in prompts)
+        core |= llamacpp_methods(gguf, threads=torch.get_num_threads(), context=longest + args.max_new_tokens
+                                 + 16, eos_token_ids=sorted(engine.eos_token_ids), vocab_size=engine.vocab_size)
+    methods |= core
+    chosen = args.methods or [*core, *(sweep_methods(engine) if args.sweep else {})]
     unknown = set(chosen) - set(methods)
     if unknown:
         raise DiffuSpecError(f"unknown methods {sorted(unknown)}: choose from {', '.join(methods)}")
-    always = ["ar"] if not set(chosen) <= {"dlm", "spiffy"} else ["dlm"]  # the reference of what is measured
-    methods = {name: methods[name] for name in dict.fromkeys([*always, *chosen])}
-    results = run_benchmark(engine, prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats, methods=methods)
-    results["settings"]["prompt_source"] = str(source)
-    results["settings"]["command"] = "diffuspec " + " ".join(sys.argv[1:])
-    write_results(results, Path(args.out))
+    references = [reference_of(name) for name in chosen if reference_of(name)]  # what the chosen are checked against
+    methods = {name: methods[name] for name in dict.fromkeys([*references, *chosen])}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_benchmark(engine, prompts, max_new_tokens=args.max_new_tokens, repeats=args.repeats, methods=methods,
+                            log=out / "runs.jsonl")
+    results["settings"]["arguments"] = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    written = write_results(results, out)
     print(markdown_table(results))
-    print(f"results, table and plots in {args.out}/")
+    print(f"written to {out}/: {', '.join(p.name for p in written)} (and runs.jsonl, one line per run)")
+    if not any(p.name == "bench.png" for p in written):
+        print(f"no bench.png: matplotlib is not installed ({PLOTS_HINT} draws it)")
+    failures = results["lossless_failures"]
+    if failures:
+        print(f"diffuspec: error: {len(failures)} outputs differ from their reference ("
+              f"{', '.join(sorted({f['method'] for f in failures}))}): see {out}/results.md", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,24 +322,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "cps_ngram.safetensors (default: the longest up to 5 the vocabulary allows)")
     al.add_argument("--device")
     al.set_defaults(run=_align)
-    bench = sub.add_parser("bench", help="measure every method side by side (tokens/s, MAT, time split, memory)")
-    bench.add_argument("--target")
+    bench = sub.add_parser("bench", help="measure every method side by side (tokens/s, speedups, MAT, acceptance per "
+                           "prompt category; every output checked against AR greedy decoding)")
+    bench.add_argument("--target", help="preset, model directory or GGUF file (default: the tiny demo pair)")
     bench.add_argument("--drafter")
     bench.add_argument("--ar-drafter")
-    bench.add_argument("--prompts", help="prompt file (default: the demo pair's prompt set, see --prompt-set)")
     bench.add_argument("--replica", choices=["diffusion-gemma"],
                        help="bench a tiny random replica pair built in-process instead of real models (plumbing)")
-    bench.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="heldout",
-                       help="the embedded pair's prompt sets: held-out corpus windows, one-line short prompts, or "
-                       "chat-format prompts")
-    bench.add_argument("--spec-bench", help="a Spec-Bench question.jsonl (first turn of each question)")
+    bench.add_argument("--spec-bench", metavar="QUESTION_JSONL",
+                       help="Spec-Bench's data/spec_bench/question.jsonl: the first turn of each question, by category")
+    bench.add_argument("--prompt-set", nargs="+", choices=PROMPT_SETS,
+                       help="shipped prompt sets: heldout (corpus windows), short (one-line code starts), code (the "
+                       "same starts, as requests for chat targets), chat (chat, RAG and tool conversations); "
+                       "default: heldout, unless --spec-bench or --prompts is given")
+    bench.add_argument("--prompts", help="a prompt file of your own (text lines or JSON lines), continued as text")
+    bench.add_argument("--per-category", type=int, metavar="N",
+                       help="the first N prompts of every category (a balanced subset)")
     bench.add_argument("--limit", type=int, help="use only the first N prompts")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=1, help="passes over the prompts (their stats are summed)")
-    bench.add_argument("--methods", nargs="+", help="subset of methods (the AR reference always runs; dlm and "
-                       "spiffy, the drafter decoded on its own, run only when named, with dlm as their reference)")
+    bench.add_argument("--methods", nargs="+", help="the methods to run (default: all but the sweep); each one's "
+                       "reference (ar, or dlm for dlm and spiffy) runs too")
+    bench.add_argument("--sweep", action="store_true",
+                       help="add the sweep rows (more fixed draft lengths, tree sizes, no CPS at k_max)")
     bench.add_argument("--dflash", help="a DFlash drafter directory (train-dflash): adds hf-dflash, dflash and "
-                       "diffuspec-dflash (default: the package's demo/dflash/ when it exists)")
+                       "diffuspec-dflash (default with the tiny preset: the package's demo/dflash/)")
+    bench.add_argument("--llamacpp", metavar="GGUF", nargs="?", const="target",
+                       help="add llama.cpp's greedy and prompt-lookup decoding on this GGUF file (no file: the "
+                       "target's own, a .gguf target or a Gemma preset's), with torch's thread count (speed only; "
+                       "needs the llamacpp extra)")
     bench.add_argument("--device")
     bench.add_argument("--out", default="bench-results")
     bench.set_defaults(run=_bench)
