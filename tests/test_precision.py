@@ -1,0 +1,130 @@
+"""prepare_target's kernels: float32 products on oneDNN's layout, and the row-exact int8 target (lossless)."""
+
+import pytest
+import torch
+from tiny_models import hf_greedy, make_target
+from torch import nn
+
+from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, DiffuSpecError
+from diffuspec.fast_linear import MIN_ROWS, PackedLinear, pad_rows
+from diffuspec.precision import prepare_target, target_precision
+from diffuspec.row_exact_int8 import RowExactInt8Linear, activation_levels, quantize_rows, quantize_weight
+
+PROMPTS = ["the quick brown fox jumps", "a, b. c"]
+
+
+def test_pad_rows_appends_zero_rows_up_to_the_minimum():
+    rows = torch.tensor([[1.0, 2.0]])
+    assert torch.equal(pad_rows(rows, 3), torch.tensor([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert pad_rows(rows, 1) is rows
+
+
+def test_quantize_rows_scales_each_row_by_its_own_largest_value():
+    rows = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [10.0, 3.0, -7.0]])
+    q, scale = quantize_rows(rows, 4)
+    assert torch.equal(scale, torch.tensor([[0.5], [1.0], [2.5]]))
+    assert torch.equal(q, torch.tensor([[2.0, -4.0, 1.0], [0.0, 0.0, 0.0], [4.0, 1.0, -3.0]]))
+
+
+def test_quantize_weight_is_symmetric_per_output_channel():
+    weight = torch.tensor([[127.0, -63.5], [0.0, 0.0], [-2.54, 1.27]])
+    q, scale = quantize_weight(weight)
+    assert q.dtype == torch.int8
+    assert torch.equal(q, torch.tensor([[127, -64], [0, 0], [-127, 64]], dtype=torch.int8))
+    assert torch.allclose(scale, torch.tensor([1.0, 1.0, 0.02]))
+
+
+def _rows(n: int, width: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(n, width, generator=g)
+    rows[:, 3] *= 40  # an outlier channel, as transformer activations have
+    return rows
+
+
+@pytest.mark.parametrize("block", [2, 5, 16, 33])
+def test_int8_rows_are_exact_alone_or_in_a_block(block):
+    linear = nn.Linear(320, 1536, bias=True)
+    layer = RowExactInt8Linear.from_linear(linear)
+    rows = _rows(block, 320, seed=block)
+    together = layer(rows)
+    alone = torch.cat([layer(rows[i : i + 1]) for i in range(block)])
+    assert torch.equal(together, alone)  # bit for bit: nothing but the row itself enters its result
+    # and the product is the exact integer one, scaled
+    q_w, w_scale = quantize_weight(linear.weight)
+    q_x, x_scale = quantize_rows(rows, activation_levels())
+    exact = (q_x.double() @ q_w.double().t()).float() * w_scale * x_scale + linear.bias
+    assert torch.allclose(together, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_product_stays_close_to_the_float_product():
+    linear = nn.Linear(640, 512, bias=False)
+    rows = torch.randn(9, 640)
+    relative = (RowExactInt8Linear.from_linear(linear)(rows) - linear(rows)).norm() / linear(rows).norm()
+    assert relative < 0.02
+
+
+@pytest.mark.parametrize("block", [1, 2, MIN_ROWS, 17, 33])
+def test_packed_linear_computes_nn_linear(block):
+    linear = nn.Linear(96, 200, bias=True)
+    layer = PackedLinear.from_linear(linear)
+    rows = torch.randn(2, block, 96)
+    with torch.no_grad():
+        assert torch.allclose(layer(rows), linear(rows), rtol=1e-5, atol=1e-5)
+
+
+def _tiny_gemma(tokenizer):
+    return make_target("gemma3", len(tokenizer), seed=11)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_prepare_swaps_every_linear_and_keeps_the_tied_head_weight(tokenizer, precision):
+    model = _tiny_gemma(tokenizer)
+    embedding = model.get_input_embeddings().weight
+    prepare_target(model, precision)
+    assert not [m for m in model.modules() if type(m) is nn.Linear]
+    assert model.get_output_embeddings().weight is embedding  # drafters read the head's rows
+    assert target_precision(model) == precision
+    assert prepare_target(model, precision) is model  # a second identical preparation does nothing
+
+
+def test_float32_preparation_keeps_what_the_model_computes(tokenizer):
+    model = _tiny_gemma(tokenizer)
+    ids = torch.tensor([tokenizer("the quick brown fox")["input_ids"]])
+    with torch.no_grad():
+        before = model(ids).logits
+        after = prepare_target(model, "float32")(ids).logits
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+@pytest.mark.parametrize("mode", ["diffuspec", "ar-drafter", "prompt-lookup"])
+def test_speculative_output_equals_the_prepared_models_own_generate(tokenizer, drafter, precision, mode):
+    target = prepare_target(_tiny_gemma(tokenizer), precision)
+    # the float original drafts for ar-drafter: mostly accepted, so passes verify long blocks and roll back too
+    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(draft_length=6), ar_drafter=_tiny_gemma(tokenizer))
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        out = engine.generate(ids, max_new_tokens=60, mode=mode)
+        assert out.token_ids == hf_greedy(target, ids, 60)
+        if mode == "ar-drafter":
+            assert out.stats.accepted_tokens > 0
+
+
+def test_int8_target_drafting_itself_is_accepted_in_full(tokenizer):
+    target = prepare_target(_tiny_gemma(tokenizer), "int8")
+    engine = DiffuSpec(target, ARDrafter(target), tokenizer, DiffuSpecConfig(draft_length=8))
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    out = engine.generate(ids, max_new_tokens=48)
+    assert out.token_ids == hf_greedy(target, ids, 48)
+    assert out.stats.accepted_tokens == out.stats.drafted_tokens  # its blocks give its one-token logits
+
+
+def test_bad_preparations_are_refused_with_the_fix(tokenizer):
+    with pytest.raises(DiffuSpecError, match="unknown precision 'int4'"):
+        prepare_target(_tiny_gemma(tokenizer), "int4")
+    with pytest.raises(DiffuSpecError, match="dtype=torch.float32"):
+        prepare_target(_tiny_gemma(tokenizer).to(torch.bfloat16), "int8")
+    model = prepare_target(_tiny_gemma(tokenizer), "float32")
+    with pytest.raises(DiffuSpecError, match="load it again"):
+        prepare_target(model, "int8")
+    assert prepare_target(_tiny_gemma(tokenizer), None) is not None
