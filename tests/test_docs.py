@@ -16,6 +16,9 @@ of the project is still writing may be listed in ``PENDING_PAGES``: links to the
 does not exist; once it does, its links and anchors are checked like any other. The package READMEs are shown on a
 package index page on their own, so they may hold no relative link at all.
 
+**On the default model.** The same snippets also run as written, on the real default model, in a test marked
+``slow`` (skipped by default; ``-m slow`` runs it, ``-s`` shows each snippet's output).
+
 **Set-up commands.** README's command 1 installs what ``.ci/run`` installs, and both run the same test command.
 
 **Words about the making.** The documentation describes the software, never how it was made: sessions, leads,
@@ -245,9 +248,11 @@ def test_the_word_check_sees_them(tmp_path, monkeypatch):
 # ----- runnable snippets ---------------------------------------------------------------------------------------
 
 
-def run_snippets(snippets_file: str, results_file: str) -> None:
-    """In the child process: swap the default model, run each snippet, record its output or traceback."""
-    exec(compile(_SWAP_DEFAULT, "_SWAP_DEFAULT", "exec"), {})
+def run_snippets(snippets_file: str, results_file: str, swap_default: bool) -> None:
+    """In the child process: swap the default model (unless asked not to), run each snippet, record its output or
+    traceback."""
+    if swap_default:
+        exec(compile(_SWAP_DEFAULT, "_SWAP_DEFAULT", "exec"), {})
     results = {}
     for item in json.loads(Path(snippets_file).read_text()):
         out = io.StringIO()
@@ -260,22 +265,31 @@ def run_snippets(snippets_file: str, results_file: str) -> None:
     Path(results_file).write_text(json.dumps(results))
 
 
-def snippet_results(chosen: list[Snippet], tmp_dir: Path) -> dict:
+def snippet_results(chosen: list[Snippet], tmp_dir: Path, swap_default: bool = True) -> dict:
     todo, done = tmp_dir / "snippets.json", tmp_dir / "results.json"
     todo.write_text(json.dumps([{"name": s.name, "code": s.code} for s in chosen]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    child = subprocess.run([sys.executable, __file__, str(todo), str(done)], capture_output=True, text=True,
-                           env=env, cwd=ROOT, timeout=1800)
+    command = [sys.executable, __file__, str(todo), str(done), "tiny" if swap_default else "default"]
+    child = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
     assert child.returncode == 0 and done.exists(), child.stderr[-4000:]
     return json.loads(done.read_text())
 
 
+def selected(request, test_name: str) -> list[Snippet]:
+    """The snippets of ``test_name`` this run selected (all of them, or those picked with -k or node ids)."""
+    return [item.callspec.params["snippet"] for item in request.session.items
+            if item.originalname == test_name and item.module is sys.modules[__name__]]
+
+
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory):
-    """The results of the snippets this run selected (all of them, or those picked with -k or a node id)."""
-    chosen = [item.callspec.params["snippet"] for item in request.session.items
-              if item.originalname == "test_runnable_snippet_runs" and item.module is sys.modules[__name__]]
-    return snippet_results(chosen, tmp_path_factory.mktemp("doc-snippets"))
+    return snippet_results(selected(request, "test_runnable_snippet_runs"), tmp_path_factory.mktemp("doc-snippets"))
+
+
+@pytest.fixture(scope="module")
+def default_model_results(request, tmp_path_factory):
+    return snippet_results(selected(request, "test_runnable_snippet_runs_on_the_default_model"),
+                           tmp_path_factory.mktemp("doc-snippets-default"), swap_default=False)
 
 
 def test_the_pages_have_runnable_snippets():
@@ -283,11 +297,25 @@ def test_the_pages_have_runnable_snippets():
     assert {"README.md", "docs/integrations.md", "docs/python-api.md"} <= pages, pages
 
 
+def failure(snippet: Snippet, result: dict) -> str:
+    return f"{snippet.name} failed:\n{result['error']}\noutput:\n{result['output'][-2000:]}"
+
+
 @pytest.mark.parametrize("snippet", snippets(), ids=lambda s: s.name)
 def test_runnable_snippet_runs(snippet, results):
     result = results[snippet.name]
-    assert result["ok"], f"{snippet.name} failed:\n{result['error']}\noutput:\n{result['output'][-2000:]}"
+    assert result["ok"], failure(snippet, result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("snippet", snippets(), ids=lambda s: s.name)
+def test_runnable_snippet_runs_on_the_default_model(snippet, default_model_results):
+    """The same snippets as written, on the real default model (slow: minutes per snippet on a CPU). The output
+    is printed, for transcripts: ``pytest -m slow -s -k default_model tests/test_docs.py``."""
+    result = default_model_results[snippet.name]
+    print(f"\n--- {snippet.name}\n{result['output']}")
+    assert result["ok"], failure(snippet, result)
 
 
 if __name__ == "__main__":
-    run_snippets(sys.argv[1], sys.argv[2])
+    run_snippets(sys.argv[1], sys.argv[2], swap_default=sys.argv[3] == "tiny")
