@@ -23,6 +23,7 @@ cannot.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -50,8 +51,10 @@ def quantize_rows(rows: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.
 
 def _pack(q: torch.Tensor, scale: torch.Tensor):
     """fbgemm's packed form of an int8 weight with per-channel scales."""
-    per_channel = torch._make_per_channel_quantized_tensor(
-        q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
+    with warnings.catch_warnings():  # quantized tensors are deprecated, but fbgemm's prepack still takes one
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        per_channel = torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
     return torch.ops.quantized.linear_prepack(per_channel, None)
 
 
