@@ -18,7 +18,7 @@ from transformers import AutoModel, Gemma3ForCausalLM, Gemma3TextConfig
 from diffuspec import DiffuSpec, DiffuSpecConfig
 from diffuspec.adapters import bound_drafter_factory
 from diffuspec.adapters.block_drafter import BlockDrafter, BlockDrafterModel, block_drafter_from_target
-from diffuspec.training.blocks import accepted_lengths, make_batch, streak_objective
+from diffuspec.training.blocks import accepted_lengths, decayed_ce, make_batch, streak_objective
 from diffuspec.training.target_text import TargetRows
 from diffuspec.training.vocab import coverage, draft_vocabulary, index_of
 
@@ -49,20 +49,26 @@ def whole_copy(target, block_size: int = 4) -> BlockDrafterModel:
                                      mask_token_id=MASK, block_size=block_size)
 
 
-def fresh_drafter(target, draft_ids: torch.Tensor, seed: int = 5) -> BlockDrafterModel:
-    """One fresh (random) layer of the target's shape over a reduced draft vocabulary."""
+def fresh_drafter(target, draft_ids: torch.Tensor, seed: int = 5, carry_state: bool = True) -> BlockDrafterModel:
+    """One fresh (random) layer of the target's shape over a reduced draft vocabulary, carrying the target's state
+    before the anchor into the block (random weights: the carried state changes every draft)."""
     n = target.config.num_hidden_layers
     model = block_drafter_from_target(target, [n - 1], draft_ids=draft_ids, mask_token_id=MASK, block_size=5,
-                                      copy=False)
+                                      copy=False, carry_state=carry_state)
     return _init(model, seed, scale=0.3)
 
 
-def test_a_drafter_of_all_the_targets_layers_drafts_its_next_token(target, tokenizer):
+@pytest.mark.parametrize("carry_state", [False, True], ids=["plain", "carry-state"])
+def test_a_drafter_of_all_the_targets_layers_drafts_its_next_token(target, tokenizer, carry_state):
     """The anchor row sees only committed tokens, and each copied layer reads the target's own input to it, so
     its prediction is the target's: every step accepts its first draft (a tap one layer off, a position or a cache
-    not trimmed after a rejection would break this)."""
-    engine = DiffuSpec(target, BlockDrafter(target, whole_copy(target)), tokenizer,
-                       DiffuSpecConfig(cps=False, draft_length=4))
+    not trimmed after a rejection would break this). The carried state's projection starts at zero."""
+    model = whole_copy(target)
+    if carry_state:
+        layers = list(range(target.config.num_hidden_layers))
+        model = block_drafter_from_target(target, layers, draft_ids=torch.arange(target.config.vocab_size),
+                                          mask_token_id=MASK, block_size=4, carry_state=True)
+    engine = DiffuSpec(target, BlockDrafter(target, model), tokenizer, DiffuSpecConfig(cps=False, draft_length=4))
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         out = engine.generate(ids, 40)
@@ -166,6 +172,16 @@ def test_streak_objective_counts_the_expected_streak_and_breaks_it_at_unreachabl
     assert float(streak_objective(early, every, none)[0]) > float(streak_objective(late, every, none)[0])
 
 
+def test_decayed_ce_weighs_early_positions_more_and_skips_unlearnable_ones():
+    log_q = torch.log(torch.tensor([[0.5, 0.25, 0.125]]))
+    every = torch.ones(1, 3, dtype=torch.bool)
+    weights = torch.exp(-torch.arange(3) / 2.0)
+    expected = -(log_q[0] * weights).sum() / weights.sum()
+    assert math.isclose(float(decayed_ce(log_q, every, gamma=2.0)), float(expected), rel_tol=1e-6)
+    first_only = torch.tensor([[True, False, False]])
+    assert math.isclose(float(decayed_ce(log_q, first_only, gamma=2.0)), math.log(2), rel_tol=1e-6)
+
+
 def test_accepted_lengths_stop_at_the_first_disagreement_or_the_rows_end():
     predicted = torch.tensor([[1, 2, 3, 4], [1, 9, 3, 4], [1, 2, 3, 4]])
     labels = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]])
@@ -217,7 +233,7 @@ def test_train_drafter_end_to_end_and_resume(tmp_path, monkeypatch):
     tokenizer = char_tokenizer(string.ascii_letters + string.digits + " .,:()=_'\"\n")
     target = gemma_target(len(tokenizer))
     recipe = DrafterRecipe(layers=1, block_size=4, draft_vocab=40, steps=3, batch_rows=2, blocks_per_row=2,
-                           checkpoint_every=1,
+                           checkpoint_every=1, loss="ce", carry_state=True,
                            text=TextRecipe(raw_prompts=12, chat_prompts=0, prompt_max=10, continuation=10,
                                            eval_raw_prompts=4, eval_chat_prompts=0, corpus_bytes=1_000_000, chunk=8))
     metrics = train_drafter(target, tokenizer, tmp_path / "drafter", recipe, target_name="tiny")
@@ -229,6 +245,7 @@ def test_train_drafter_end_to_end_and_resume(tmp_path, monkeypatch):
     assert saved["own_parameters"] == metrics["own_parameters"]
     assert 0 < saved["data"]["draft_vocab_coverage_heldout"] <= 1
     assert len(saved["heldout"]["per_position_acceptance"]) == 4
+    assert 0 <= saved["heldout"]["first_in_top"]["1"] <= saved["heldout"]["first_in_top"]["8"] <= 1
     model = AutoModel.from_pretrained(out)
     assert model.config.copied_from == [2] and model.config.context_layers == [2]
     engine = DiffuSpec(target, bound_drafter_factory(model, target)(), tokenizer, DiffuSpecConfig(k_max=4))

@@ -14,7 +14,11 @@ the target's own parts.
   input norm and key/value projections. ``per layer``: drafter layer i reads the target's states at the depth it
   was copied from, so a drafter layer starts out seeing exactly the keys and values the target's own layer saw;
   ``fused``: a learnt projection of several tapped layers feeds every drafter layer (DFlash's choice). The
-  projected context is cached per committed position: exact, since it depends on committed tokens only.
+  projected context is cached per committed position: exact, since it depends on committed tokens only. With
+  ``carry_state`` every block row's input also gets a learnt projection of the target's (deepest tapped) state of
+  the last position it has read, the one before the anchor, as EAGLE feeds its drafter the target's feature
+  beside the token: the anchor row then starts from what the target knew one token earlier, not from a bare
+  embedding.
 - Vocabulary: a draft vocabulary (the most frequent tokens of the target's own output, ``draft_ids``), scored
   with the target's own output-embedding rows, borrowed at load time, never stored. Drafts never propose a token
   outside it; the target verifies every token over its full vocabulary, so the output is the target's.
@@ -50,7 +54,7 @@ class BlockDrafterConfig(PretrainedConfig):
     def __init__(self, backbone: dict | None = None, context_layers: list[int] | None = None, fused: bool = False,
                  block_size: int = 16, shifted: bool = True, mask_token_id: int | None = None,
                  draft_vocab_size: int = 1, target_vocab_size: int = 1, copied_from: list[int] | None = None,
-                 **kwargs) -> None:
+                 carry_state: bool = False, **kwargs) -> None:
         self.backbone = backbone or {}
         self.context_layers = list(context_layers or [])
         self.fused = fused
@@ -60,6 +64,7 @@ class BlockDrafterConfig(PretrainedConfig):
         self.draft_vocab_size = draft_vocab_size
         self.target_vocab_size = target_vocab_size
         self.copied_from = list(copied_from or [])
+        self.carry_state = carry_state
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -96,6 +101,8 @@ class BlockDrafterModel(PreTrainedModel):
                              f"{len(config.context_layers)} context layers for {n_layers} layers")
         self.fuse = nn.Linear(len(config.context_layers) * hidden, hidden, bias=False) if config.fused else None
         self.fuse_norm = type(self.backbone.norm)(hidden, eps=inner.rms_norm_eps) if config.fused else None
+        self.carry_norm = type(self.backbone.norm)(hidden, eps=inner.rms_norm_eps) if config.carry_state else None
+        self.carry = nn.Linear(hidden, hidden, bias=False) if config.carry_state else None
         self.register_buffer("draft_ids", torch.arange(config.draft_vocab_size), persistent=True)
         for layer in self.layers:
             if not hasattr(layer, "input_layernorm") or not hasattr(layer, "self_attn"):
@@ -181,10 +188,18 @@ class BlockDrafterModel(PreTrainedModel):
     def max_draft(self) -> int:
         return self.config.block_size - (0 if self.config.shifted else 1)
 
+    def block_inputs(self, embeds: torch.Tensor, last_states: torch.Tensor | None) -> torch.Tensor:
+        """The block rows' inputs: the target's embeddings of their tokens ([b, Q, hidden]), plus, with
+        ``carry_state``, the projection of the target's states before each row's anchor ([b, Q, len(context_layers)
+        * hidden], the deepest tapped layer last; zeros where the anchor is the first token)."""
+        h = embeds.to(self.dtype)
+        if self.carry is not None:
+            h = h + self.carry(self.carry_norm(last_states[..., -h.shape[-1] :].to(self.dtype)))
+        return h
+
     def block_hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
                      masks: list[torch.Tensor | None]) -> torch.Tensor:
-        """The block's final hidden states [b, Q, hidden]: ``embeds`` (the target's embeddings of the block) at
-        ``positions``, attending to ``cache`` (the context's keys and values, layer by layer; the block's are
+        """The block's final hidden states [b, Q, hidden]: ``embeds`` (``block_inputs``) at ``positions``, attending to ``cache`` (the context's keys and values, layer by layer; the block's are
         appended to it) and to themselves as ``masks`` say."""
         h = embeds.to(self.dtype)
         for i, layer in enumerate(self.layers):
@@ -197,21 +212,24 @@ class BlockDrafterModel(PreTrainedModel):
 def block_drafter_from_target(target: PreTrainedModel, layers: list[int], *, draft_ids: torch.Tensor,
                               mask_token_id: int, block_size: int = 16, shifted: bool = True,
                               context_layers: list[int] | None = None, fused: bool = False,
-                              copy: bool = True) -> BlockDrafterModel:
+                              copy: bool = True, carry_state: bool = False) -> BlockDrafterModel:
     """A block drafter of the target's layers ``layers`` (copies of their weights and of the final norm when
     ``copy``, else freshly initialised ones of the same shape). Per layer (``fused`` false), drafter layer i reads
     the target's ``hidden_states[layers[i]]``, the input of the layer it was copied from; fused, it reads
-    ``context_layers`` through a learnt projection."""
+    ``context_layers`` through a learnt projection. ``carry_state``'s projection starts at zero: the drafter
+    starts as the copied layers alone."""
     if not fused and context_layers is not None and list(context_layers) != list(layers):
         raise ValueError("a per-layer block drafter reads the input of each copied layer: leave context_layers unset")
     config = BlockDrafterConfig(
         backbone=backbone_config(target.config, layers), context_layers=list(context_layers if fused else layers),
         fused=fused, block_size=block_size, shifted=shifted, mask_token_id=mask_token_id,
         draft_vocab_size=int(draft_ids.numel()), target_vocab_size=target.get_output_embeddings().weight.shape[0],
-        copied_from=list(layers) if copy else [],
+        copied_from=list(layers) if copy else [], carry_state=carry_state,
     )
     model = BlockDrafterModel(config).to(device=target.device, dtype=target.dtype)
     model.draft_ids.copy_(draft_ids.to(model.draft_ids.device))
+    if model.carry is not None:
+        nn.init.zeros_(model.carry.weight)
     if copy:
         base = target.base_model
         with torch.no_grad():
@@ -268,6 +286,7 @@ class BlockDrafter(Drafter):
 
     def reset(self) -> None:
         self.cache = DynamicCache()
+        self.last_state: torch.Tensor | None = None  # the target's states of the last committed position read
         self.cached = 0  # committed positions whose keys and values are in the cache
         self.pending: list[torch.Tensor] = []  # target states not yet in the cache
 
@@ -284,6 +303,7 @@ class BlockDrafter(Drafter):
             for i, (keys, values) in enumerate(self.model.context_kv(fresh[None], positions)):
                 self.cache.update(keys, values, i)
             self.cached += fresh.shape[0]
+            self.last_state = fresh[-1]
         if self.cached != context.numel() - 1:
             raise RuntimeError(
                 f"the block drafter holds target hidden states for {self.cached} positions but the context has "
@@ -294,7 +314,10 @@ class BlockDrafter(Drafter):
         positions = torch.arange(self.cached, self.cached + self.block_size, device=device)[None]
         keys = torch.arange(self.cached + self.block_size, device=device)[None]
         masks = self.model.masks(self.model.block_sees(self.cached)[None], positions, keys)
-        hidden = self.model.block_hidden(self.embed(block)[None], positions, self.cache, masks)
+        last = self.last_state if self.last_state is not None else torch.zeros(
+            len(self.hidden_layers) * self.embed.embedding_dim, device=device)
+        inputs = self.model.block_inputs(self.embed(block)[None], last.expand(1, self.block_size, -1))
+        hidden = self.model.block_hidden(inputs, positions, self.cache, masks)
         rollback(self.cache, self.block_size)  # keep the context, drop the block
         draft = min(k, self.max_draft)
         logits = hidden[0, self.model.predicting_rows(draft)] @ self.head.T

@@ -21,7 +21,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapters.block_drafter import BlockDrafterModel, block_drafter_from_target, draft_head
 from ..path_search import CorpusNGram
-from .blocks import Batch, accepted_lengths, fit_resumable, make_batch, mask_token_of, streak_objective
+from .blocks import Batch, accepted_lengths, decayed_ce, fit_resumable, make_batch, mask_token_of, streak_objective
 from .target_text import TargetRows, TextRecipe, end_token_ids, target_text, token_counts
 from .vocab import coverage, draft_vocabulary, index_of
 
@@ -35,6 +35,7 @@ class DrafterRecipe:
 
     layers: int = 2  # drafter layers, copies of the target's last ones
     fused_layers: tuple[int, ...] = ()  # (): per-layer context; else these hidden_states through a projection
+    carry_state: bool = False  # block inputs also carry the target's state before the anchor (EAGLE-style)
     copy: bool = True  # start from the target's weights (False: fresh layers of the same shape)
     block_size: int = 16
     shifted: bool = True
@@ -78,11 +79,14 @@ def block_log_probs(model: BlockDrafterModel, embed: torch.nn.Module, head: torc
     query_positions = batch.block_positions.to(device)
     key_positions = torch.cat([positions, query_positions], dim=1)
     masks = model.masks(batch.sees.to(device), query_positions, key_positions)
-    with torch.no_grad():
-        embeds = embed(batch.block_tokens.to(device))
-    hidden = model.block_hidden(embeds, query_positions, cache, masks)
     n, p = batch.labels.shape[1:]
     size = model.config.block_size
+    with torch.no_grad():
+        embeds = embed(batch.block_tokens.to(device))
+    anchors = batch.block_positions[:, ::size]  # [b, N]
+    before = batch.states.gather(1, (anchors - 1).clamp(min=0)[..., None].expand(-1, -1, batch.states.shape[-1]))
+    before = before.masked_fill((anchors == 0)[..., None], 0.0).repeat_interleave(size, dim=1)  # [b, N * B, ...]
+    hidden = model.block_hidden(model.block_inputs(embeds, before.to(device)), query_positions, cache, masks)
     rows = model.predicting_rows(p)
     hidden = hidden.view(b, n, size, -1)[:, :, rows]
     logits = hidden @ head.T
@@ -139,21 +143,27 @@ def evaluate_blocks(model: BlockDrafterModel, target: PreTrainedModel, rows: Tar
     softcap = getattr(target.config.get_text_config(), "final_logit_softcapping", None)
     head = draft_head(target, model)
     generator = torch.Generator().manual_seed(seed)
-    accepted, expected, tried = [], [], []
+    accepted, expected, ranks = [], [], []
     for start in range(0, len(rows), recipe.batch_rows):
         picked = list(range(start, min(start + recipe.batch_rows, len(rows))))
         batch = make_batch(rows, picked, blocks, recipe.block_size, recipe.shifted, model.config.mask_token_id,
                            generator)
-        _, e, a = block_loss(block_log_probs(model, embed, head, batch, softcap), batch, index, recipe)
+        log_probs = block_log_probs(model, embed, head, batch, softcap)
+        _, e, a = block_loss(log_probs, batch, index, recipe)
         accepted.append(a.flatten())
         expected.append(float(e))
-        tried.append(batch.real.flatten(0, 1))
-    accepted = torch.cat(accepted)
-    depth = torch.cat(tried).shape[-1]
+        first = index[batch.labels[..., 0]].to(log_probs.device)  # the target's first token, in the draft vocabulary
+        score = log_probs[..., 0, :].gather(-1, first.clamp(min=0)[..., None])
+        rank = (log_probs[..., 0, :] > score).sum(dim=-1).masked_fill(first < 0, log_probs.shape[-1])
+        ranks.append(rank[batch.real[..., 0].to(rank.device)])
+    accepted, ranks = torch.cat(accepted), torch.cat(ranks)
     per_position = [float((accepted > j).float().sum() / (accepted >= j).float().sum().clamp(min=1))
-                    for j in range(depth)]
+                    for j in range(recipe.block_size if recipe.shifted else recipe.block_size - 1)]
     return {"blocks": int(accepted.numel()), "mean_accepted": float(accepted.float().mean()),
-            "per_position_acceptance": per_position, "expected_streak": sum(expected) / len(expected)}
+            "per_position_acceptance": per_position, "expected_streak": sum(expected) / len(expected),
+            # how often the target's next token is among the drafter's k likeliest first drafts (what a tree of k
+            # branches at the first position would catch)
+            "first_in_top": {k: float((ranks < k).float().mean()) for k in (1, 2, 4, 8)}}
 
 
 # ----- the recipe end to end ---------------------------------------------------------------------------------
@@ -219,7 +229,7 @@ def train_drafter(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, o
     model = block_drafter_from_target(
         target, recipe.target_layers(n_layers), draft_ids=data.draft_ids, mask_token_id=mask_token_of(tokenizer),
         block_size=recipe.block_size, shifted=recipe.shifted, fused=bool(recipe.fused_layers),
-        context_layers=list(recipe.fused_layers) or None, copy=recipe.copy)
+        context_layers=list(recipe.fused_layers) or None, copy=recipe.copy, carry_state=recipe.carry_state)
     own = sum(p.numel() for p in model.parameters())
     log(f"[2/4] block drafter: {own / 1e6:.2f} M own parameters (layers {model.config.copied_from or 'fresh'}, "
         f"context {model.config.context_layers}), draft vocabulary {data.draft_ids.numel()} "
