@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PENDING_PAGES: set[str] = {"docs/server.md", "docs/verification.md", "docs/drafters.md", "docs/benchmarks.md"}
+PENDING_PAGES: set[str] = {"docs/verification.md", "docs/drafters.md"}
 RUNNABLE_FENCE = "```python runnable"
 FORBIDDEN = {
     r"\bsessions?\b": "a session",
