@@ -3,9 +3,10 @@
 ``precision="float32"`` keeps the model's arithmetic (float32 products on oneDNN's blocked weight layout,
 ``fast_linear.py``): a one-token step computes what it did, up to the last bits of float rounding, and a pass of
 k tokens streams the weights about once. ``precision="int8"`` makes a quantised model (``row_exact_int8.py``):
-int8 weights per output channel, each activation row quantised by itself, exact int32 accumulation, so every
-token's logits are those a one-token step of the same quantised model computes, whichever tokens share the pass:
-speculative decoding on it reproduces that quantised model's own ``generate``.
+int8 weights per output channel, each activation row quantised by itself, exact int32 accumulation, and
+attention run query by query (``row_exact_attention.py``), so every token's logits are, bit for bit, those a
+one-token step of the same quantised model computes, whichever tokens share the pass: speculative decoding on it
+reproduces that quantised model's own ``generate``.
 
 Every ``nn.Linear`` of the model is swapped (the LM head included; a tied input embedding keeps its float32
 table and the head keeps it as ``weight``, where drafters read it). The prepared model is for inference on the
@@ -22,6 +23,7 @@ from transformers import PreTrainedModel
 
 from .config import DiffuSpecError
 from .fast_linear import PackedLinear, packed_linears_available
+from .row_exact_attention import use_row_exact_attention
 from .row_exact_int8 import RowExactInt8Linear, int8_kernels_available
 
 PRECISIONS = ("float32", "int8")
@@ -56,6 +58,8 @@ def prepare_target(model: PreTrainedModel, precision: str | None = "float32") ->
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
                     setattr(parent, name, swap(child, keep_weight=child is head))
+    if precision == "int8":  # its rounding would amplify attention's last-bit block effects (row_exact_attention)
+        use_row_exact_attention(model)
     setattr(model, _MARK, precision)
     return model
 

@@ -2,12 +2,16 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_models import hf_greedy, make_target
 from torch import nn
 
 from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, DiffuSpecError
+from diffuspec.caches import new_cache, rollback
 from diffuspec.fast_linear import MIN_ROWS, PackedLinear, pad_rows
+from diffuspec.loop import _verify
 from diffuspec.precision import prepare_target, target_precision
+from diffuspec.row_exact_attention import row_exact_attention, visible_keys
 from diffuspec.row_exact_int8 import RowExactInt8Linear, activation_levels, quantize_rows, quantize_weight
 
 PROMPTS = ["the quick brown fox jumps", "a, b. c"]
@@ -128,3 +132,40 @@ def test_bad_preparations_are_refused_with_the_fix(tokenizer):
     with pytest.raises(DiffuSpecError, match="load it again"):
         prepare_target(model, "int8")
     assert prepare_target(_tiny_gemma(tokenizer), None) is not None
+
+
+def test_visible_keys_reads_each_querys_window_from_the_mask():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [1, 0, 1, 1, 1]], dtype=torch.bool)[None, None]
+    seen = visible_keys(mask, q_length=3, kv_length=5, causal=True, batch=1)[0]
+    assert seen[:2] == [slice(0, 3), slice(1, 4)]
+    assert seen[2].tolist() == [0, 2, 3, 4]  # not contiguous: gathered by index
+    assert visible_keys(None, 2, 6, causal=True, batch=1) == [[slice(0, 5), slice(0, 6)]]  # the last keys are theirs
+    assert visible_keys(None, 2, 6, causal=False, batch=1) == [[slice(0, 6), slice(0, 6)]]
+
+
+def test_row_exact_attention_computes_masked_attention():
+    g = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, heads, length, 16, generator=g) for heads, length in ((4, 5), (2, 9), (2, 9)))
+    positions = torch.arange(4, 9)
+    mask = (torch.arange(9)[None] <= positions[:, None]) & (torch.arange(9)[None] > positions[:, None] - 4)  # window 4
+    module = nn.Module()
+    got, _ = row_exact_attention(module, query, key, value, mask[None, None], scaling=0.25)
+    expected = F.scaled_dot_product_attention(query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1),
+                                              attn_mask=mask[None, None], scale=0.25)
+    assert torch.allclose(got, expected.transpose(1, 2), atol=1e-6)
+
+
+def test_int8_target_gives_a_token_the_same_logits_alone_or_in_a_block(tokenizer):
+    model = prepare_target(_tiny_gemma(tokenizer), "int8")
+    ids = torch.tensor(tokenizer("the quick brown fox jumps over the lazy dog")["input_ids"])
+    cache = new_cache(model)
+    with torch.inference_mode():
+        _verify(model, cache, ids[:20])
+        rollback(cache, 0)
+        block, _ = _verify(model, cache, ids[20:36])
+        rollback(cache, 16)
+        alone = []
+        for i in range(20, 36):
+            alone.append(_verify(model, cache, ids[i : i + 1])[0])
+            rollback(cache, 0)
+    assert torch.equal(block, torch.cat(alone))  # bit for bit: a verification pass is 16 one-token steps
