@@ -15,23 +15,27 @@ sampling of log p + Gumbel noise that depends on the seed and the absolute outpu
 decoding would: a tree changes how many tokens a pass commits, never which. Afterwards the cache keeps the
 context, the root and the accepted nodes, in order; the other branches are dropped.
 
-Supported targets: every cache layer a plain full-attention ``DynamicLayer`` or ``BufferedLayer`` and attention
-"eager" or "sdpa" (both take a custom 4D additive mask as-is in transformers 5.23). A sliding-window layer keeps
-only its last W - 1 positions and the model builds its windowed mask itself per layer type, so a tree over it
-would need a per-layer mask and a window-aware compaction; such targets (and flash attention, which takes no 4D
-mask) fall back to single-path verification (``supports_tree``).
+Supported targets: attention "eager" or "sdpa" (both take a custom 4D additive mask as-is in transformers 5.23)
+and every cache layer a plain full-attention ``DynamicLayer`` or ``BufferedLayer``, or also sliding-window layers
+(Gemma 2/3, Qwen2) in a model that takes one mask per attention type (``{"full_attention": ...,
+"sliding_attention": ...}``): a sliding layer holds only the last W - 1 positions, so it gets a mask of its own
+over those (a node sees a held position while it is within W of it) and its compaction keeps its window. Other
+targets (flash attention, which takes no 4D mask; sliding windows in a model that builds its own per-layer masks)
+fall back to single-path verification (``supports_tree``). A drafter that reads the target's hidden states gets
+those of the root and the accepted nodes, the positions the cache keeps (``verify_tree``'s ``hidden_layers``).
 """
 
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .caches import BufferedLayer, cache_kwargs, rollback
 from .verification import SamplingParams, position_gumbel
@@ -196,20 +200,32 @@ def grow_tree(logprobs: torch.Tensor, spine: Sequence[int], branches: int, *, pa
     return GrownTree(spine, tuple(tokens), tuple(parents), tuple(values))
 
 
-def tree_attention(tree: TokenTree, past_length: int, dtype: torch.dtype,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def tree_attention(tree: TokenTree, past_length: int, dtype: torch.dtype, device: torch.device,
+                   window: tuple[int, int] | None = None) -> tuple[torch.Tensor | dict[str, torch.Tensor], torch.Tensor]:
     """The additive mask [1, 1, T + 1, past + T + 1] (0: attend, dtype min: not) and position ids [1, T + 1]
-    for the feed [root, *nodes] after ``past_length`` cached positions."""
+    for the feed [root, *nodes] after ``past_length`` cached positions. ``window`` = (W, positions the sliding
+    layers hold, the last of the past): the masks per attention type, the sliding layers' [1, 1, T + 1, held +
+    T + 1] seeing a held position only within W of the row's own."""
     size = tree.size + 1
     sees = torch.zeros(size, size, dtype=torch.bool)
     sees[:, 0] = True  # every row sees the root
     for i, parent in enumerate(tree.parents, start=1):
         sees[i] = sees[parent + 1]
         sees[i, i] = True
-    sees = torch.cat([torch.ones(size, past_length, dtype=torch.bool), sees], dim=1).to(device)
-    mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, torch.finfo(dtype).min)
-    positions = past_length + torch.tensor((0, *tree.depths), dtype=torch.long, device=device)
-    return mask[None, None], positions[None]
+    positions = past_length + torch.tensor((0, *tree.depths), dtype=torch.long)
+
+    def additive(visible: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+        return mask[None, None].to(device)
+
+    full = additive(torch.cat([torch.ones(size, past_length, dtype=torch.bool), sees], dim=1))
+    if window is None:
+        return full, positions[None].to(device)
+    width, held = window
+    keys = torch.cat([torch.arange(past_length - held, past_length), positions])
+    near = positions[:, None] - keys[None, :] < width
+    sliding = additive(torch.cat([torch.ones(size, held, dtype=torch.bool), sees], dim=1) & near)
+    return {"full_attention": full, "sliding_attention": sliding}, positions[None].to(device)
 
 
 def walk(tree: TokenTree, choices: Sequence[int]) -> tuple[list[int], int]:
@@ -226,23 +242,44 @@ def walk(tree: TokenTree, choices: Sequence[int]) -> tuple[list[int], int]:
 
 
 def compact_cache(cache: DynamicCache, past_length: int, accepted: Sequence[int]) -> None:
-    """Keep the first ``past_length`` positions, the root and the accepted nodes (in order); drop the rest."""
+    """Keep the first ``past_length`` positions, the root and the accepted nodes (in order); drop the rest. A
+    sliding-window layer (recording its past: ``caches.new_cache``) holds fewer past positions: the same, counted
+    from its own, and then its window."""
     if list(accepted) == list(range(len(accepted))):  # the first path's prefix: a plain crop
         rollback(cache, cache.get_seq_length() - (past_length + 1 + len(accepted)))
         return
     for layer in cache.layers:
         if not layer.is_initialized:
             continue
-        index = torch.tensor([*range(past_length + 1), *(past_length + 1 + i for i in accepted)],
-                             device=layer.keys.device)
+        fed = layer.get_seq_length() - past_length  # the root and the tree
+        held = layer.keys.shape[-2] - fed
+        index = torch.tensor([*range(held + 1), *(held + 1 + i for i in accepted)], device=layer.keys.device)
         layer.keys = layer.keys.index_select(-2, index)
         layer.values = layer.values.index_select(-2, index)
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = past_length + 1 + len(accepted)
+            layer.keys = layer.keys[:, :, -layer.sliding_window + 1 :]
+            layer.values = layer.values[:, :, -layer.sliding_window + 1 :]
+
+
+def takes_mask_per_attention_type(model: PreTrainedModel) -> bool:
+    """Whether ``model`` uses an ``attention_mask`` given as {attention type: mask} as it is (transformers 5's
+    models with sliding-window layers that build their masks as such a mapping, e.g. Gemma 2/3, Qwen2)."""
+    try:
+        source = inspect.getsource(type(model.base_model).forward)
+    except (OSError, TypeError):
+        return False
+    return "isinstance(causal_mask_mapping := attention_mask, dict)" in source
 
 
 def supports_tree(model: PreTrainedModel, cache: DynamicCache) -> bool:
     """Whether ``model`` can verify a tree into ``cache`` (module docstring: otherwise single path)."""
-    attention = getattr(model.config, "_attn_implementation", None)
-    return attention in TREE_ATTENTION and all(type(layer) in (DynamicLayer, BufferedLayer) for layer in cache.layers)
+    if getattr(model.config, "_attn_implementation", None) not in TREE_ATTENTION:
+        return False
+    kinds = {type(layer) for layer in cache.layers}
+    if kinds <= {DynamicLayer, BufferedLayer}:
+        return True
+    return kinds <= {DynamicLayer, BufferedLayer, DynamicSlidingWindowLayer} and takes_mask_per_attention_type(model)
 
 
 @dataclass(frozen=True)
@@ -250,6 +287,7 @@ class TreeVerdict:
     accepted_nodes: list[int]  # root to leaf
     next_token: int  # the target's own token after them
     rank: int  # the best path through the deepest accepted node (0 when none was accepted)
+    hidden: torch.Tensor | None = None  # the asked-for hidden states of the root and the accepted nodes
 
 
 def verify_tree(
@@ -260,14 +298,23 @@ def verify_tree(
     sampling: SamplingParams,
     seed: int,
     generated: int,
+    hidden_layers: tuple[int, ...] = (),
 ) -> TreeVerdict:
     """One target forward over [last, *tree], the acceptance walk (greedy, or Gumbel-max under sampling with
-    noise by absolute output position ``generated + depth``), and the cache compacted to the accepted path."""
+    noise by absolute output position ``generated + depth``), and the cache compacted to the accepted path; with
+    ``hidden_layers``, the hidden states there (concatenated) of the root and the accepted nodes."""
     past = cache.get_seq_length()
-    mask, positions = tree_attention(tree, past, target.dtype, last.device)
+    sliding = [layer for layer in cache.layers if isinstance(layer, DynamicSlidingWindowLayer)]
+    window = None
+    if sliding:
+        held = sliding[0].keys.shape[-2] if sliding[0].is_initialized else 0
+        window = (sliding[0].sliding_window, held)
+    mask, positions = tree_attention(tree, past, target.dtype, last.device, window)
     feed = torch.cat([last, tree.tokens])
-    logits = target(input_ids=feed[None], attention_mask=mask, position_ids=positions, use_cache=True,
-                    **cache_kwargs(target, cache)).logits[0]
+    extra = {"output_hidden_states": list(hidden_layers)} if hidden_layers else {}
+    out = target(input_ids=feed[None], attention_mask=mask, position_ids=positions, use_cache=True,
+                 **cache_kwargs(target, cache), **extra)
+    logits = out.logits[0]
     if sampling.greedy:
         scores = logits
     else:
@@ -275,4 +322,8 @@ def verify_tree(
         scores = sampling.probs(logits).log() + noise[positions[0] - past]
     accepted, next_token = walk(tree, scores.argmax(dim=-1).tolist())
     compact_cache(cache, past, accepted)
-    return TreeVerdict(accepted, next_token, tree.ranks[accepted[-1]] if accepted else 0)
+    hidden = None
+    if hidden_layers:
+        rows = torch.tensor([0, *(1 + i for i in accepted)], device=logits.device)
+        hidden = torch.cat([out.hidden_states[i][0, rows] for i in hidden_layers], dim=-1)
+    return TreeVerdict(accepted, next_token, tree.ranks[accepted[-1]] if accepted else 0, hidden)

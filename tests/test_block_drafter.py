@@ -259,3 +259,29 @@ def test_train_drafter_end_to_end_and_resume(tmp_path, monkeypatch):
     lines = []
     train_drafter(target, tokenizer, out, recipe, target_name="tiny", log=lines.append)
     assert any("resumed at step 3" in line for line in lines)
+
+
+# ----- token trees on a sliding-window target ----------------------------------------------------------------
+
+
+def test_trees_on_a_sliding_window_target_are_lossless(tokenizer, drafter):
+    """Gemma 3's sliding-window layers take a mask of their own and keep their window through the compaction: a
+    tree of up to 4 paths is verified (more nodes than draft tokens), and the output stays the target's, also past
+    the window (6 here)."""
+    from diffuspec.caches import new_cache
+    from diffuspec.tree import supports_tree
+
+    target = gemma_target(len(tokenizer))
+    assert supports_tree(target, new_cache(target))
+    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(draft_paths=4, draft_length=4, cps=False))
+    trees = 0
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        out = engine.generate(ids, 40)
+        assert out.token_ids == hf_greedy(target, ids, 40)
+        trees += sum(size > drafted for size, drafted in zip(out.stats.tree_sizes, out.stats.draft_lengths))
+    assert trees > 0
+    ids = tokenizer("the cat")["input_ids"]
+    for seed in range(2):
+        sampled = engine.generate(ids, 24, temperature=0.9, seed=seed)
+        assert sampled.token_ids == engine.generate(ids, 24, temperature=0.9, seed=seed, mode="ar").token_ids

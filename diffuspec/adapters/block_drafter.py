@@ -78,6 +78,7 @@ def backbone_config(target_config: PretrainedConfig, layers: list[int]) -> dict:
     if isinstance(config.get("layer_types"), list):
         config["layer_types"] = [config["layer_types"][i] for i in layers]
     config.update(num_hidden_layers=len(layers), vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+                  unk_token_id=None,
                   tie_word_embeddings=False,
                   use_bidirectional_attention=False)
     return config
