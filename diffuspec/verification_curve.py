@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--context", type=int, default=100, help="tokens in the cache before each timed pass")
     parser.add_argument("--largest", type=int, default=max(CALIBRATION_SIZES))
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the thread's CPU seconds, not wall seconds (needs --threads 1): steadier on a "
+                             "machine others are using, blind to time spent waiting for a core")
     parser.add_argument("--plot", type=Path, default=None, help="save the curves as an image here")
     parser.add_argument("--json", type=Path, default=None, help="save every timed pass here")
     args = parser.parse_args(argv)
@@ -116,13 +119,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [name for name in names if name != "none" and name not in PRECISIONS]
     if unknown:
         parser.error(f"unknown precision(s) {', '.join(unknown)}: use none or {', '.join(PRECISIONS)}")
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time counts one thread's CPU seconds: pass --threads 1 with it")
     if args.threads:
         torch.set_num_threads(args.threads)
     targets = {name: prepare_target(AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval(),
                                     None if name == "none" else name) for name in names}
-    samples = measure_curves(targets, args.context, args.largest, args.rounds)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    samples = measure_curves(targets, args.context, args.largest, args.rounds, clock)
     curves = medians(samples)
-    print(f"{args.target}: {torch.get_num_threads()} threads, context {args.context}, {args.rounds} rounds (medians)")
+    print(f"{args.target}: {torch.get_num_threads()} threads, context {args.context}, {args.rounds} rounds, "
+          f"{'CPU' if args.cpu_time else 'wall'} time (medians)")
     print(format_table(curves))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
