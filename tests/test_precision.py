@@ -155,17 +155,50 @@ def test_row_exact_attention_computes_masked_attention():
     assert torch.allclose(got, expected.transpose(1, 2), atol=1e-6)
 
 
+def _block_and_alone(model, ids: torch.Tensor, context: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ids[context : context + size] verified in one pass, and the same tokens fed one per pass."""
+    cache = new_cache(model)
+    with torch.inference_mode():
+        _verify(model, cache, ids[:context])
+        rollback(cache, 0)
+        block, _ = _verify(model, cache, ids[context : context + size])
+        rollback(cache, size)
+        alone = []
+        for i in range(context, context + size):
+            alone.append(_verify(model, cache, ids[i : i + 1])[0])
+            rollback(cache, 0)
+    return block, torch.cat(alone)
+
+
 def test_int8_target_gives_a_token_the_same_logits_alone_or_in_a_block(tokenizer):
     model = prepare_target(_tiny_gemma(tokenizer), "int8")
     ids = torch.tensor(tokenizer("the quick brown fox jumps over the lazy dog")["input_ids"])
-    cache = new_cache(model)
-    with torch.inference_mode():
-        _verify(model, cache, ids[:20])
-        rollback(cache, 0)
-        block, _ = _verify(model, cache, ids[20:36])
-        rollback(cache, 16)
-        alone = []
-        for i in range(20, 36):
-            alone.append(_verify(model, cache, ids[i : i + 1])[0])
-            rollback(cache, 0)
-    assert torch.equal(block, torch.cat(alone))  # bit for bit: a verification pass is 16 one-token steps
+    block, alone = _block_and_alone(model, ids, context=20, size=16)
+    assert torch.equal(block, alone)  # bit for bit: a verification pass is 16 one-token steps
+
+
+@pytest.fixture(scope="module", params=["int8", "float32"])
+def prepared_real_engine(request):
+    engine = DiffuSpec.from_pretrained("gemma-3-270m", device="cpu", config=DiffuSpecConfig(mode="ar"))
+    prepare_target(engine.target, request.param)
+    return engine
+
+
+@pytest.mark.slow
+def test_real_target_prepared_stays_its_own_greedy_decoding(prepared_real_engine):
+    """Gemma 3 270M prepared in place: every mode reproduces the prepared model's own greedy ``generate``, also
+    past the 512-token sliding window; int8 verification passes give their tokens' one-token logits bit for bit."""
+    engine = prepared_real_engine
+    target, tokenizer = engine.target, engine.tokenizer
+    passage = " ".join(f"Item {i} costs {i * 7 % 23} euros." for i in range(140))  # about 1,100 tokens
+    prompts = [tokenizer("The capital of Peru is")["input_ids"],
+               tokenizer(passage + " Question: how much does item 131 cost? Answer:")["input_ids"]]
+    assert len(prompts[1]) > 2 * target.config.sliding_window
+    for ids in prompts:
+        want = hf_greedy(target, ids, 40, eos=tokenizer.eos_token_id)
+        for mode in engine.modes:
+            if mode not in ("dlm", "spiffy"):
+                assert engine.generate(ids, max_new_tokens=40, mode=mode).token_ids == want, mode
+    if target_precision(target) == "int8":
+        block, alone = _block_and_alone(target, torch.tensor(prompts[1]), context=600, size=16)
+        assert torch.equal(block, alone)
