@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 _PUBLIC = {
     "DiffuSpec": "engine",
     "DiffuSpecConfig": "config",
-    "DiffuSpecError": "config",
+    "DiffuSpecError": "errors",
+    "EngineOverloaded": "errors",
     "GenerationParams": "params",
     "StepEvent": "events",
     "Generation": "events",
@@ -31,9 +32,10 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:
-    from .config import DiffuSpecConfig, DiffuSpecError
+    from .config import DiffuSpecConfig
     from .drafters import ARDrafter, Draft, Drafter, MaskedDiffusionDrafter, PromptLookupDrafter
     from .engine import DiffuSpec
+    from .errors import DiffuSpecError, EngineOverloaded
     from .events import Generation, StepEvent
     from .params import GenerationParams
     from .proposers import Outcome, Proposal, Proposer

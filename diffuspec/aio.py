@@ -1,58 +1,34 @@
-"""Async streaming that never blocks the event loop and stops generating when the consumer stops.
-
-The engine runs in a worker thread; each step's event crosses to the loop through a queue. When the async
-consumer stops early (break, cancellation, an exception), the worker is told to stop and closes the engine's
-stream before its next step, which frees the engine.
-"""
+"""Where a request's events wait for their consumer: a thread (blocking ``get``) or an asyncio event loop
+(awaited ``aget``, no thread blocked). The scheduler's worker thread puts and never waits."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
+import queue
 from typing import Any
 
-_DONE = object()
 
+class Outbox:
+    """One request's events (and, at the end, an exception), from the worker to one consumer. ``loop``: the
+    consumer's event loop when it is async code, None for a thread."""
 
-async def aiterate(make_stream: Any) -> AsyncIterator[Any]:
-    """Iterate ``make_stream()`` (a sync iterator factory, called in the worker) from async code."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._items: queue.SimpleQueue | asyncio.Queue = queue.SimpleQueue() if loop is None else asyncio.Queue()
 
-    def put(item: Any) -> None:
-        if stop.is_set():
-            return
+    def put(self, item: Any) -> bool:
+        """Hand ``item`` over; False when the consumer's event loop has closed (nobody will read it)."""
+        if self._loop is None:
+            self._items.put(item)
+            return True
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
         except RuntimeError:  # the loop has closed: the consumer is gone
-            stop.set()
+            return False
+        return True
 
-    def work() -> None:
-        stream: Iterator[Any] | None = None
-        try:
-            stream = make_stream()
-            for item in stream:
-                if stop.is_set():
-                    break
-                put(item)
-            put(_DONE)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, re-raised there
-            put(error)
-        finally:
-            if stream is not None and hasattr(stream, "close"):
-                stream.close()
+    def get(self) -> Any:
+        return self._items.get()
 
-    worker = threading.Thread(target=work, name="diffuspec-stream", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    async def aget(self) -> Any:
+        return await self._items.get()

@@ -1,4 +1,4 @@
-"""The ``diffuspec`` command: generate, train-demo, train-dflash, align, bench.
+"""The ``diffuspec`` command: generate, train-demo, tune-target, train-drafter, train-dflash, align, bench.
 
 Every user error (a bad option value, a missing or broken model or prompts file, a device this machine lacks)
 prints one line on stderr and exits with status 2, as argparse does for its own errors. torch and transformers
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .bench_prompts import PROMPT_SETS
 from .config import LENGTH_POLICIES, MODES, DiffuSpecConfig, DiffuSpecError
+from .load_arguments import add_load_options, load_options
 
 
 def _one_line(error: BaseException) -> str:
@@ -42,9 +43,13 @@ def _check_device(device: str | None) -> None:
 
 def _check_model_path(option: str, path: str | None) -> None:
     """A local directory must hold a saved model; a name that cannot be a hub id must exist."""
-    if path is None:
+    from .presets import PRESETS
+
+    if path is None or path in PRESETS:
         return
     local = Path(path).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return
     if local.exists():
         if not (local / "config.json").is_file():
             raise DiffuSpecError(
@@ -65,7 +70,7 @@ def _load_engine(args: argparse.Namespace, config: DiffuSpecConfig | None = None
     _check_device(args.device)
     try:
         return DiffuSpec.from_pretrained(
-            args.target, args.drafter, ar_drafter=args.ar_drafter, device=args.device, config=config
+            args.target, args.drafter, ar_drafter=args.ar_drafter, config=config, **load_options(args)
         )
     except DiffuSpecError:
         raise
@@ -113,13 +118,19 @@ def _generate(args: argparse.Namespace) -> None:
     policy = {"length_policy": args.length_policy} if args.length_policy else {}
     config = DiffuSpecConfig(mode=args.mode, cps=not args.no_cps, draft_length=args.draft_length, **policy)
     engine = _load_engine(args, config)
+    prompt = args.prompt
+    if args.command == "chat":
+        from .chat import format_chat
+
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompt = format_chat(engine.tokenizer, [*system, {"role": "user", "content": args.prompt}])
     if args.json:
-        out = engine.generate(args.prompt, params=params)
+        out = engine.generate(prompt, params=params)
         print(json.dumps({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
                           "stats": out.stats.summary()}, indent=2))
         return
     event = None
-    for event in engine.stream(args.prompt, params=params):
+    for event in engine.stream(prompt, params=params):
         print(event.text, end="", flush=True)
     s = event.stats
     print(
@@ -141,18 +152,68 @@ def _train_demo(args: argparse.Namespace) -> None:
     print(f"saved to {out}")
 
 
+def _tune_target(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from .loading import load_models
+    from .training.tune import TuningRecipe, tune_target
+
+    _check_model_path("--target", args.target)
+    _check_device(args.device)
+    names = {f.name for f in fields(TuningRecipe)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    _require_positive(**{k: v for k, v in given.items() if isinstance(v, int)})
+    recipe = TuningRecipe(**given)
+    models = load_models(args.target, device=args.device, dtype="float32")
+    metrics = tune_target(models.target, models.tokenizer, args.out, recipe, log=lambda line: print(line, flush=True))
+    held = metrics["heldout"]
+    print(json.dumps({k: held[k] for k in ("rag_grounded_share", "rag_degenerate_share", "tool_calls_right_share",
+                                           "tool_result_used_share")} | {"train_seconds": metrics["train_seconds"]}))
+    print(f"saved to {args.out}: load it with DiffuSpec.from_pretrained(target, tuning={args.out!r})")
+
+
+TEXT_OPTIONS = ("raw_prompts", "chat_prompts", "continuation", "seed")  # TextRecipe fields the commands expose
+
+
+def _text_recipe(args: argparse.Namespace):
+    from .training.target_text import TextRecipe
+
+    given = {k: getattr(args, k) for k in TEXT_OPTIONS if getattr(args, k) is not None}
+    _require_positive(**{k: v for k, v in given.items() if k != "seed"})
+    return TextRecipe(**given)
+
+
 def _train_dflash(args: argparse.Namespace) -> None:
     from .loading import default_device
     from .training.dflash import DFlashRecipe, train_dflash
 
-    _check_model_path("--target", args.target)
     _check_device(args.device)
-    _require_positive(steps=args.steps, prompts=args.prompts, layers=args.layers, block_size=args.block_size)
-    given = {k: getattr(args, k) for k in ("steps", "prompts", "layers", "block_size") if getattr(args, k) is not None}
-    recipe = DFlashRecipe(**given)  # the recipe's defaults for what is not given
-    metrics = train_dflash(args.target, args.out, recipe, args.device or default_device())
+    _require_positive(steps=args.steps, layers=args.layers, block_size=args.block_size)
+    given = {k: getattr(args, k) for k in ("steps", "layers", "block_size") if getattr(args, k) is not None}
+    recipe = DFlashRecipe(**given, text=_text_recipe(args))  # the recipe's defaults for what is not given
+    metrics = train_dflash(args.target, args.out, recipe, args.device or default_device(), work=args.work,
+                           tuning=args.tuning)
     print(json.dumps({k: metrics[k] for k in ("own_parameters", "target_layer_ids", "final_loss", "wall_seconds")}))
     print(f"saved to {args.out}")
+
+
+def _train_drafter(args: argparse.Namespace) -> None:
+    from .loading import load_models
+    from .training.drafter import DrafterRecipe, train_drafter
+
+    _check_device(args.device)
+    _require_positive(steps=args.steps, layers=args.layers, block_size=args.block_size, draft_vocab=args.draft_vocab)
+    given = {k: getattr(args, k) for k in ("steps", "layers", "block_size", "draft_vocab", "loss", "lr")
+             if getattr(args, k) is not None}
+    if args.keep_layers:
+        given["keep_layers"] = tuple(args.keep_layers)
+    recipe = DrafterRecipe(**given, text=_text_recipe(args))
+    models = load_models(args.target, tuning=args.tuning, device=args.device, dtype="float32")
+    metrics = train_drafter(models.target, models.tokenizer, args.out, recipe, target_name=args.target,
+                            work=args.work, log=lambda line: print(line, flush=True))
+    print(json.dumps({"own_parameters": metrics["own_parameters"], "stored_bytes": metrics["stored_bytes"],
+                      "heldout_mean_accepted": metrics["heldout"]["mean_accepted"], "seconds": metrics["seconds"]}))
+    print(f"saved to {args.out}: load it with DiffuSpec.from_pretrained({args.target!r}, {args.out!r})")
 
 
 def _align(args: argparse.Namespace) -> None:
@@ -256,29 +317,59 @@ def _bench(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .server.launch import serve
+
+    _check_model_path("--target", args.target)
+    _check_device(args.device)
+    serve(args)
+
+
+def _bench_serve(args: argparse.Namespace) -> None:
+    from .loading import EMBEDDED_DIR
+    from .server.load import bench_serve, markdown
+
+    prompts = _read_prompts(args.prompts or EMBEDDED_DIR / "short_prompts.jsonl")
+    results = bench_serve(args, prompts)
+    print(markdown(results))
+    print(f"results in {args.out}/serve.json and serve.md")
+
+
+def _add_generation_options(command: argparse.ArgumentParser) -> None:
+    """The options of ``generate`` and ``chat``."""
+    command.add_argument("--target", help="preset, model directory, GGUF file or hub id of the AR target "
+                         "(default: the default preset)")
+    command.add_argument("--drafter", help="hub id or local path of the diffusion drafter")
+    command.add_argument("--ar-drafter", help="hub id or local path of an AR draft model (mode ar-drafter)")
+    command.add_argument("--max-new-tokens", type=int, default=128)
+    command.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
+    command.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
+    command.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this much mass")
+    command.add_argument("--seed", type=int, help="fixes the sampled output (the same for every mode)")
+    command.add_argument("--stop", action="append", help="stop string (repeatable)")
+    command.add_argument("--mode", choices=MODES, default="diffuspec")
+    command.add_argument("--no-cps", action="store_true", help="per-position argmax instead of path search")
+    command.add_argument("--draft-length", type=int, help="fixed draft length k (default: the length policy's)")
+    command.add_argument("--length-policy", choices=LENGTH_POLICIES,
+                         help="cost: the k with the most expected tokens per second here (default); adl: the paper's")
+    add_load_options(command)
+    command.add_argument("--json", action="store_true", help="print the Generation with its stats as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffuspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate text (the embedded demo pair unless --target is given)")
+    gen = sub.add_parser("generate", help="continue a text (the default model unless --target is given)")
     gen.add_argument("prompt")
-    gen.add_argument("--target", help="hub id or local path of the AR target")
-    gen.add_argument("--drafter", help="hub id or local path of the diffusion drafter")
-    gen.add_argument("--ar-drafter", help="hub id or local path of an AR draft model (mode ar-drafter)")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
-    gen.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
-    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this much mass")
-    gen.add_argument("--seed", type=int, help="fixes the sampled output (the same for every mode)")
-    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
-    gen.add_argument("--mode", choices=MODES, default="diffuspec")
-    gen.add_argument("--no-cps", action="store_true", help="per-position argmax instead of path search")
-    gen.add_argument("--draft-length", type=int, help="fixed draft length k (default: the length policy's)")
-    gen.add_argument("--length-policy", choices=LENGTH_POLICIES,
-                     help="cost: the k with the most expected tokens per second here (default); adl: the paper's")
-    gen.add_argument("--device")
-    gen.add_argument("--json", action="store_true", help="print the Generation with its stats as JSON")
+    _add_generation_options(gen)
     gen.set_defaults(run=_generate)
+
+    chat = sub.add_parser("chat", help="answer a message through the model's chat template")
+    chat.add_argument("prompt", help="the user's message")
+    chat.add_argument("--system", help="a system prompt")
+    _add_generation_options(chat)
+    chat.set_defaults(run=_generate)
 
     demo = sub.add_parser("train-demo", help="rebuild the embedded demo pair from scratch")
     demo.add_argument("--out", help="output folder (default: the package's embedded demo folder)")
@@ -288,18 +379,51 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep a target already in --out if it was trained with the same recipe")
     demo.set_defaults(run=_train_demo)
 
+    tune = sub.add_parser("tune-target", help="tune a pretrained causal LM to chat, answer from a context and call "
+                          "tools (a LoRA adapter on the synthesised conversations; written as a tuning folder)")
+    tune.add_argument("--target", default="gemma-3-270m-base",
+                      help="preset, model directory or GGUF file to tune (default: gemma-3-270m-base)")
+    tune.add_argument("--out", required=True, help="the tuning folder to write (resumes from its checkpoint)")
+    tune.add_argument("--steps", type=int)
+    tune.add_argument("--batch-size", type=int)
+    tune.add_argument("--lr", type=float)
+    tune.add_argument("--rank", type=int, help="LoRA rank")
+    tune.add_argument("--conversations", type=int, help="synthesised training conversations")
+    tune.add_argument("--eval-conversations", type=int, help="held-out conversations scored at the end")
+    tune.add_argument("--seed", type=int)
+    tune.add_argument("--device")
+    tune.set_defaults(run=_tune_target)
+
+    def text_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--target", required=True, help="preset, model directory or GGUF file of the AR target")
+        command.add_argument("--tuning", help="a tuning folder (tune-target) applied to the target, as the engine does")
+        command.add_argument("--out", required=True)
+        command.add_argument("--raw-prompts", type=int, help="code and prose prompts the target continues")
+        command.add_argument("--chat-prompts", type=int,
+                             help="chat prompts the target answers (when its tokenizer has a chat template)")
+        command.add_argument("--continuation", type=int, help="tokens the target writes per prompt")
+        command.add_argument("--seed", type=int)
+        command.add_argument("--steps", type=int)
+        command.add_argument("--layers", type=int, help="drafter layers")
+        command.add_argument("--block-size", type=int, help="block positions per pass (the anchor included)")
+        command.add_argument("--device")
+        command.add_argument("--work", help="where the target's continuations and the checkpoint are kept (default "
+                             "<out>/work; give train-drafter's to train-dflash to learn from the very same rows)")
+
+    dr = sub.add_parser("train-drafter", help="train a block drafter for a causal target: its own last layers "
+                        "reading its hidden states, a draft vocabulary, streak-aligned on its own continuations")
+    text_options(dr)
+    dr.add_argument("--draft-vocab", type=int, help="tokens the drafter may propose (the target's most used)")
+    dr.add_argument("--loss", choices=["streak", "ce"], help="streak: SpecDiff-2 alignment (default); ce: DFlash's")
+    dr.add_argument("--lr", type=float)
+    dr.add_argument("--keep-layers", type=int, nargs="+",
+                    help="also keep these target hidden_states in the cached rows (a DFlash peer trained with "
+                    "--work <out>/work reads them)")
+    dr.set_defaults(run=_train_drafter)
+
     df = sub.add_parser("train-dflash", help="train a DFlash drafter (transformers' speculation_type=\"dflash\") "
                         "for a causal target on its own greedy continuations")
-    df.add_argument("--target", required=True, help="local path of the AR target (with its tokenizer)")
-    df.add_argument("--out", required=True)
-    df.add_argument("--steps", type=int)
-    df.add_argument("--prompts", type=int,
-                    help="raw corpus prompts whose greedy continuations it learns from (chat prompts are added "
-                    "when the tokenizer has a chat template)")
-    df.add_argument("--layers", type=int)
-    df.add_argument("--block-size", type=int,
-                    help="anchor + drafted tokens per pass")
-    df.add_argument("--device")
+    text_options(df)
     df.set_defaults(run=_train_dflash)
 
     al = sub.add_parser("align", help="streak-distil a diffusion drafter towards an AR verifier")
@@ -351,9 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add llama.cpp's greedy and prompt-lookup decoding on this GGUF file (no file: the "
                        "target's own, a .gguf target or a Gemma preset's), with torch's thread count (speed only; "
                        "needs the llamacpp extra)")
-    bench.add_argument("--device")
+    add_load_options(bench)
     bench.add_argument("--out", default="bench-results")
     bench.set_defaults(run=_bench)
+
+    from .server.options import add_bench_serve_arguments, add_serve_arguments
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, "
+                         "/metrics); --replicas N on Ray Serve (needs the serve extra, and ray for replicas)")
+    add_serve_arguments(srv)
+    srv.set_defaults(run=_serve)
+    load = sub.add_parser("bench-serve", help="requests/s and p50/p99 latency of `diffuspec serve` for 1, 4 and "
+                          "16 clients, one process and Ray Serve replicas")
+    add_bench_serve_arguments(load)
+    load.set_defaults(run=_bench_serve)
     return parser
 
 

@@ -6,6 +6,8 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from .errors import DiffuSpecError  # also importable from here, its former home
+
 if TYPE_CHECKING:
     from .dlm import DLMSettings
 
@@ -13,10 +15,6 @@ MODES = ("diffuspec", "ar", "ar-drafter", "prompt-lookup", "dlm", "spiffy")
 DLM_MODES = ("dlm", "spiffy")  # the diffusion model decoded on its own (no AR target involved)
 DRAFT_SAMPLING = ("point-mass", "proposal")
 LENGTH_POLICIES = ("cost", "adl")
-
-
-class DiffuSpecError(ValueError):
-    """Bad input or a bad model pair. The message names the problem and the fix."""
 
 
 @dataclass(frozen=True)

@@ -1,75 +1,42 @@
-"""DiffuSpec: the engine. It owns the models, the tokenizer and a lock; each call validates its
-``GenerationParams``, builds the request's own proposer (drafter caches, n-gram proxy, length policy) and runs
-the one decoding loop (``loop.py``), or a diffusion LM's own sampler in the DLM modes (``dlm/``).
+"""DiffuSpec: the engine. It owns the models, the tokenizer and a request queue (``scheduler.py``); each call
+validates its ``GenerationParams`` and queues a request which, when its turn comes, builds its own proposer
+(drafter caches, n-gram proxy, length policy) and decoding state and is stepped through the one decoding loop
+(``loop.py``), or a diffusion LM's own sampler in the DLM modes (``dlm/``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import numbers
 import random
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .adapters import DrafterWithTokenizer, drafter_factory
+from .adapters import DrafterWithTokenizer, bound_drafter_factory, drafter_factory
 from .adapters.diffusion_gemma import is_diffusion_gemma
-from .aio import aiterate
+from .aio import Outbox
 from .caches import check_target, new_cache
-from .config import DLM_MODES, DiffuSpecConfig, DiffuSpecError
-from .drafters import Drafter, PromptLookupDrafter
+from .config import DLM_MODES, DiffuSpecConfig
 from .dlm import DLMSettings, dlm_steps, spiffy_steps
+from .drafters import Drafter, PromptLookupDrafter
+from .errors import DiffuSpecError
 from .events import Emitter, Generation, StepEvent
 from .length import ADLPolicy, CostAwarePolicy, FixedLength, LengthPolicy, MachineCosts
-from .loop import speculative_decode
+from .load_arguments import checked_load_arguments
+from .loop import DecodeState
+from .pairing import check_pair_model, context_window, eos_token_ids, resolve_logits_shift, resolve_mask_token, vocab_size
 from .params import GenerationParams
 from .path_search import CorpusNGram, NGramProxy, PathSearch
 from .proposers import DraftProposer, Proposer, TargetOnly
+from .scheduler import Decoding, Request, Scheduler
 from .tree import SINGLE_PATH, TreeLimits, supports_tree
 from .verification import SamplingParams
-
-
-def context_window(config: Any) -> int:
-    """The longest sequence a model takes, from its config."""
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise DiffuSpecError(
-        f"cannot tell the context window of a {type(config).__name__}: set config.max_position_embeddings"
-    )
-
-
-def _vocab_size(model: PreTrainedModel) -> int:
-    return model.get_output_embeddings().weight.shape[0]
-
-
-def resolve_mask_token(
-    tokenizer: PreTrainedTokenizerBase, drafter: PreTrainedModel, mask_token_id: int | None = None
-) -> int:
-    """The drafter's mask token: given explicitly, else the tokenizer's, else the drafter config's."""
-    for candidate in (mask_token_id, tokenizer.mask_token_id, getattr(drafter.config, "mask_token_id", None)):
-        if candidate is not None:
-            if not 0 <= candidate < _vocab_size(drafter):
-                raise DiffuSpecError(f"mask token id {candidate} is outside the drafter's vocabulary")
-            return candidate
-    raise DiffuSpecError(
-        "the drafter has no mask token: neither the tokenizer (mask_token) nor the drafter's config "
-        "(mask_token_id) names one. Pass mask_token_id=<id of the drafter's [MASK] token>."
-    )
-
-
-def resolve_logits_shift(drafter: PreTrainedModel, logits_shift: bool | None = None) -> bool:
-    """Whether the drafter's logits are Dream-style shifted: as given, else as its config records
-    (``diffuspec_shifted_logits``), else true for Dream checkpoints."""
-    if logits_shift is not None:
-        return logits_shift
-    recorded = getattr(drafter.config, "diffuspec_shifted_logits", None)
-    return recorded if recorded is not None else getattr(drafter.config, "model_type", "") == "dream"
 
 
 class DiffuSpec:
@@ -77,9 +44,11 @@ class DiffuSpec:
 
     ``drafter`` is a masked-diffusion HF model or any ``Drafter``; ``ar_drafter`` an optional small AR model
     for ``mode="ar-drafter"``; ``cps_ngram`` an optional corpus n-gram table for CPS's causal proxy (a drafter
-    directory's ``cps_ngram.safetensors``). One generation runs at a time per engine; everything a request
-    learns while it runs (drafter caches, n-gram proxy, length policy) is its own. What the engine keeps across
-    requests is what it measured of the machine: the cost curves of the cost-aware length policy.
+    directory's ``cps_ngram.safetensors``). Requests queue first come, first served (``max_waiting`` bounds the
+    queue, None: unbounded) and up to ``max_running`` of them are decoded at once, a step each in turn (one by
+    default: each request then runs alone, as fast as it can). Everything a request learns while it runs
+    (drafter caches, n-gram proxy, length policy) is its own. What the engine keeps across requests is what it
+    measured of the machine: the cost curves of the cost-aware length policy.
     """
 
     def __init__(
@@ -92,14 +61,16 @@ class DiffuSpec:
         ar_drafter: PreTrainedModel | None = None,
         mask_token_id: int | None = None,
         cps_ngram: CorpusNGram | None = None,
+        max_running: int = 1,
+        max_waiting: int | None = None,
     ) -> None:
         self.target, self.tokenizer = target, tokenizer
         self.config = config or DiffuSpecConfig()
         self._drafter_model, self._ar_drafter_model = drafter, ar_drafter
         self._mask_token_id = mask_token_id
         self.context_window = context_window(target.config)
-        self.vocab_size = _vocab_size(target)
-        self.eos_token_ids = self._eos_ids()
+        self.vocab_size = vocab_size(target)
+        self.eos_token_ids = eos_token_ids(target, tokenizer)
         self.device = target.device
         if cps_ngram is not None and cps_ngram.vocab_size != self.vocab_size:
             raise DiffuSpecError(
@@ -111,6 +82,9 @@ class DiffuSpec:
         self._dlm: tuple[PreTrainedModel, int, bool] | None = None
         self._drafters = self._drafter_factories()
         cfg = self.config
+        # the longest draft: the configured k_max, or less where the drafter drafts at most so many per pass
+        most = getattr(self._drafters["diffuspec"](), "max_draft", None) if self._drafters.get("diffuspec") else None
+        self._k_max = min(cfg.k_max, most or cfg.k_max)
         self._path_search = PathSearch(
             enabled=True,
             beam_width=cfg.cps_beam_width,
@@ -127,9 +101,8 @@ class DiffuSpec:
                 f"draft_paths={cfg.draft_paths}: a drafter that reads the target's hidden states (e.g. DFlash) cannot "
                 "verify token trees yet; use draft_paths=1 with this drafter"
             )
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # thread id of the running generation
         self._require_mode(cfg.mode)
+        self.scheduler = Scheduler(max_running, max_waiting, context=torch.inference_mode)
 
     @classmethod
     def from_pretrained(
@@ -138,25 +111,18 @@ class DiffuSpec:
         drafter: str | None = None,
         *,
         ar_drafter: str | None = None,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: str | dict | None = None,
         mask_token_id: int | None = None,
         config: DiffuSpecConfig | None = None,
-        trust_remote_code: bool = False,
+        max_running: int = 1,
+        max_waiting: int | None = None,
+        **load: Any,
     ) -> DiffuSpec:
-        """Load a pair by hub id or local path; with no ``target``, the embedded demo pair."""
+        """Load a pair by hub id or local path (or a preset name); with no ``target``, the default model.
+        ``load`` holds the loading arguments, listed in ``load_arguments.LOAD_ARGUMENTS``: device, dtype,
+        device_map, trust_remote_code."""
         from .loading import load_models
 
-        models = load_models(
-            target,
-            drafter,
-            ar_drafter=ar_drafter,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            trust_remote_code=trust_remote_code,
-        )
+        models = load_models(target, drafter, ar_drafter=ar_drafter, **checked_load_arguments("from_pretrained", load))
         return cls(
             models.target,
             models.drafter,
@@ -165,6 +131,8 @@ class DiffuSpec:
             ar_drafter=models.ar_drafter,
             mask_token_id=mask_token_id,
             cps_ngram=models.cps_ngram,
+            max_running=max_running,
+            max_waiting=max_waiting,
         )
 
     def with_config(self, **changes: Any) -> DiffuSpec:
@@ -177,6 +145,8 @@ class DiffuSpec:
             ar_drafter=self._ar_drafter_model,
             mask_token_id=self._mask_token_id,
             cps_ngram=self._cps_ngram,
+            max_running=self.scheduler.max_running,
+            max_waiting=self.scheduler.max_waiting,
         )
 
     @property
@@ -196,27 +166,10 @@ class DiffuSpec:
 
     # ----- set-up checks -------------------------------------------------------------------------------
 
-    def _eos_ids(self) -> frozenset[int]:
-        eos = self.target.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
-
     def _check_pair_model(self, model: PreTrainedModel | DrafterWithTokenizer, role: str) -> None:
         translated = isinstance(model, DrafterWithTokenizer)  # its drafts cross over as text: any vocabulary
-        model = model.model if translated else model
-        if model.device != self.device:
-            raise DiffuSpecError(
-                f"the target is on {self.device} but the {role} is on {model.device}: put both on one device "
-                f"(model.to(device), or DiffuSpec.from_pretrained(..., device=...))"
-            )
-        n_tokens, n_model = len(self.tokenizer), _vocab_size(model)
-        if not translated and min(n_model, self.vocab_size) < n_tokens:
-            raise DiffuSpecError(
-                f"the {role} has {n_model} output tokens and the target {self.vocab_size}, but the tokenizer has "
-                f"{n_tokens}: the models do not share this tokenizer. Use a {role} trained with the target's "
-                f"tokenizer."
-            )
+        check_pair_model(self.target, self.tokenizer, model.model if translated else model, role,
+                         translated=translated)
 
     def _drafter_factories(self) -> dict[str, Callable[[], Drafter] | None]:
         """Per mode, how to make a request's drafter (None: the target alone). Model drafters are made fresh
@@ -233,6 +186,8 @@ class DiffuSpec:
         model = self._drafter_model
         if isinstance(model, Drafter):
             factories["diffuspec"] = lambda: model
+        elif (bound := bound_drafter_factory(model, self.target)) is not None:
+            factories["diffuspec"] = bound  # drafts with the target's own embedding, head rows and hidden states
         elif model is not None:
             self._check_pair_model(model, "drafter")
             factories["diffuspec"] = drafter_factory(model, autoregressive=False, **adapter)
@@ -326,20 +281,20 @@ class DiffuSpec:
         params: GenerationParams | None = None,
         **kwargs: Any,
     ) -> Iterator[StepEvent]:
-        """Like ``generate``, one ``StepEvent`` per step. Arguments are checked now; closing the iterator
-        early stops generation and frees the engine."""
-        p = self._params(max_new_tokens, params, kwargs)
-        return self._decode(self._prompt_ids(prompt), p)
+        """Like ``generate``, one ``StepEvent`` per step. Arguments are checked now, the request is queued at
+        the first ``next()``; closing the iterator early withdraws it (before its next step, or before it
+        starts if it is still waiting)."""
+        ids, p = self._checked(prompt, max_new_tokens, params, kwargs)
+        return self._stream(self._request(ids, p, None))
 
     def astream(
         self, prompt: str | Sequence[int], *, params: GenerationParams | None = None, **kwargs: Any
     ) -> AsyncIterator[StepEvent]:
-        """``stream`` for async code: generation runs in a worker thread, the event loop keeps running, and
-        leaving the ``async for`` early (or cancelling) stops generation before the next step. Arguments are
-        checked at the call, as for ``stream``."""
-        p = self._params(None, params, kwargs)
-        ids = self._prompt_ids(prompt)
-        return aiterate(lambda: self._decode(ids, p))
+        """``stream`` for async code: the request is decoded by the engine's worker thread while the event
+        loop keeps running (no thread waits for it), and leaving the ``async for`` early (or cancelling)
+        withdraws it. Arguments are checked at the call, as for ``stream``."""
+        ids, p = self._checked(prompt, None, params, kwargs)
+        return self._astream(ids, p)
 
     async def agenerate(
         self, prompt: str | Sequence[int], *, params: GenerationParams | None = None, **kwargs: Any
@@ -347,37 +302,58 @@ class DiffuSpec:
         """``generate`` for async code (see ``astream``)."""
         return Generation.collect([event async for event in self.astream(prompt, params=params, **kwargs)])
 
-    def _decode(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[StepEvent]:
-        if self._owner == threading.get_ident():
-            raise DiffuSpecError(
-                "this engine is already generating in this thread (an unfinished stream): exhaust or close() "
-                "that stream first, or use a second engine"
-            )
-        return self._locked(prompt_ids, params)
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int | None = None,
+        *,
+        params: GenerationParams | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        **kwargs: Any,
+    ) -> Request:
+        """Queue a generation now and return its handle: read its events with ``request.events()`` in a
+        thread, or ``async for`` in ``loop`` (give the running loop for async code); ``request.cancel()``
+        withdraws it. Raises ``EngineOverloaded`` at once when the queue is full (``max_waiting``)."""
+        request = self._request(*self._checked(prompt, max_new_tokens, params, kwargs), loop)
+        self.scheduler.submit(request)
+        return request
 
-    @torch.inference_mode()
-    def _locked(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[StepEvent]:
-        with self._lock:
-            self._owner = threading.get_ident()
-            proposer = None
-            try:
-                sampling = SamplingParams(params.temperature, params.top_k, params.top_p)
-                seed = params.seed if params.seed is not None else random.getrandbits(63)
-                generator = torch.Generator(device=self.device).manual_seed(seed)
-                emitter = Emitter(self.tokenizer, params.stop, self.eos_token_ids, prompt_length=len(prompt_ids),
-                                  max_new_tokens=params.max_new_tokens, context_window=self.context_window)
-                mode = params.mode or self.config.mode
-                if mode in DLM_MODES:
-                    yield from self._dlm_decode(mode, prompt_ids, params, sampling, generator)
-                    return
-                proposer = self._proposer(mode, prompt_ids, sampling, generator)
-                calibrate = self.config.k_max + 1 if self._uses_cost_policy(mode) else 0
-                yield from speculative_decode(self.target, prompt_ids, proposer, emitter, sampling, seed, generator,
-                                              self._costs, time.perf_counter, calibrate)
-            finally:
-                self._owner = None
-                if proposer is not None:
-                    proposer.close()  # drop its caches: an abandoned stream frees memory now
+    def _checked(self, prompt: Any, max_new_tokens: int | None, params: GenerationParams | None,
+                 kwargs: dict) -> tuple[list[int], GenerationParams]:
+        p = self._params(max_new_tokens, params, kwargs)
+        return self._prompt_ids(prompt), p
+
+    def _request(self, prompt_ids: list[int], params: GenerationParams,
+                 loop: asyncio.AbstractEventLoop | None) -> Request:
+        return Request(partial(self._start, prompt_ids, params), Outbox(loop), prompt_ids)
+
+    def _stream(self, request: Request) -> Iterator[StepEvent]:
+        self.scheduler.submit(request)
+        yield from request.events()  # closing this generator closes that one, which withdraws the request
+
+    async def _astream(self, prompt_ids: list[int], params: GenerationParams) -> AsyncIterator[StepEvent]:
+        request = self._request(prompt_ids, params, asyncio.get_running_loop())
+        self.scheduler.submit(request)
+        try:
+            async for event in request:
+                yield event
+        finally:
+            request.cancel()
+
+    def _start(self, prompt_ids: list[int], params: GenerationParams) -> Decoding:
+        """A request's decoding, built when its turn comes (in the scheduler's worker)."""
+        sampling = SamplingParams(params.temperature, params.top_k, params.top_p)
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        mode = params.mode or self.config.mode
+        if mode in DLM_MODES:
+            return _EventsDecoding(self._dlm_decode(mode, prompt_ids, params, sampling, generator))
+        emitter = Emitter(self.tokenizer, params.stop, self.eos_token_ids, prompt_length=len(prompt_ids),
+                          max_new_tokens=params.max_new_tokens, context_window=self.context_window)
+        proposer = self._proposer(mode, prompt_ids, sampling, generator)
+        calibrate = self._k_max + 1 if self._uses_cost_policy(mode) else 0
+        return DecodeState.start(self.target, prompt_ids, proposer, emitter, sampling, seed, generator, self._costs,
+                                 time.perf_counter, calibrate)
 
     def _dlm_decode(self, mode: str, prompt_ids: list[int], params: GenerationParams, sampling: SamplingParams,
                     generator: torch.Generator) -> Iterator[StepEvent]:
@@ -414,9 +390,9 @@ class DiffuSpec:
         if cfg.draft_length is not None:
             return FixedLength(cfg.draft_length, search, tree_limits)
         if cfg.length_policy == "adl":
-            return ADLPolicy(k_min=cfg.k_min, k_max=cfg.k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search,
+            return ADLPolicy(k_min=cfg.k_min, k_max=self._k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search,
                              tree_limits=tree_limits)
-        return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=cfg.k_max, search=search,
+        return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=self._k_max, search=search,
                                adaptive_search=sampling.greedy, tree_limits=tree_limits)
 
     def _proposer(self, mode: str, prompt_ids: list[int], sampling: SamplingParams,
@@ -432,6 +408,19 @@ class DiffuSpec:
             vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids, prompt_ids=prompt_ids,
             draft_sampling=proposal_sampling, generator=generator,
         )
+
+
+class _EventsDecoding:
+    """A generator of events (a diffusion model's own sampler) as a ``Decoding``."""
+
+    def __init__(self, events: Iterator[StepEvent]) -> None:
+        self._events = events
+
+    def step(self) -> StepEvent:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
 
 
 def _is_token_id(value: Any) -> bool:

@@ -10,13 +10,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
-from .config import DiffuSpecConfig, DiffuSpecError
+from .config import DiffuSpecConfig
+from .errors import DiffuSpecError
+from .load_arguments import LOAD_ALIASES, LOAD_ARGUMENT_NAMES
 from .params import GenerationParams
 
-LOAD_ARGUMENTS = ("device", "dtype", "device_map", "trust_remote_code")  # what from_pretrained loads with
-_LOAD_ALIASES = {"torch_dtype": "dtype"}  # transformers' older spelling
-DEMO_MODEL_NAME = "diffuspec-demo"  # what the embedded demo pair is called
 CALL_ARGUMENTS = (*GenerationParams.names(), "max_tokens")  # per-call overrides; max_tokens as LangChain spells it
+ANSWER_TOKENS = 256  # the default answer length: at most this, and at most a quarter of the context window
+
+
+def default_answer_tokens(context_window: int) -> int:
+    """The answer length when a wrapper's or a server request's caller gives none: ``ANSWER_TOKENS``, or a
+    quarter of a smaller window (room for the prompt, which frameworks such as LlamaIndex pack up to the window
+    less the answer)."""
+    return max(1, min(ANSWER_TOKENS, context_window // 4))
 
 
 def refuse_unknown(owner: str, given: Iterable[str], valid: Iterable[str]) -> None:
@@ -58,11 +65,11 @@ def load_arguments(model_kwargs: Mapping[str, Any] | None = None, **explicit: An
     different values, are refused."""
     merged = {}
     for key, value in (model_kwargs or {}).items():
-        key = _LOAD_ALIASES.get(key, key)
-        if key not in LOAD_ARGUMENTS:
+        key = LOAD_ALIASES.get(key, key)
+        if key not in LOAD_ARGUMENT_NAMES:
             raise DiffuSpecError(
                 f"model_kwargs[{key!r}] is not supported: DiffuSpec.from_pretrained loads with "
-                f"{', '.join(LOAD_ARGUMENTS)}. For anything else load the models yourself and pass "
+                f"{', '.join(LOAD_ARGUMENT_NAMES)}. For anything else load the models yourself and pass "
                 "engine=DiffuSpec(target, drafter, tokenizer)"
             )
         merged[key] = value
@@ -84,12 +91,15 @@ def engine_config(changes: Mapping[str, Any] | None) -> DiffuSpecConfig:
 
 
 def display_name(model_name: str | None, target: str | None, engine: Any) -> str:
-    """The model name a wrapper reports: the given one, else the target's path, else the engine's."""
+    """The model name a wrapper reports: the given one, else the target (a preset's name or a path), else the
+    engine's, else the default preset's name."""
+    from . import presets
+
     if model_name or target:
         return model_name or target
     if engine is not None:
         return getattr(engine.target, "name_or_path", "") or "diffuspec"
-    return DEMO_MODEL_NAME
+    return presets.DEFAULT_PRESET
 
 
 def engine_arguments(

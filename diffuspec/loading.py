@@ -4,12 +4,10 @@ one clear error for anything that goes wrong, and drafters paired with the targe
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer,
@@ -18,11 +16,10 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
 from .adapters.remote_code import default_rope_shim
 from .adapters.text_bridge import DrafterWithTokenizer, shares_vocabulary
 from .config import DiffuSpecError
+from .gguf import convert_gguf, gguf_path
 from .path_search import CorpusNGram
-
-if TYPE_CHECKING:
-    from .config import DiffuSpecConfig
-    from .engine import DiffuSpec
+from .presets import preset, registry_gemma
+from .tuning import apply_tuning, set_chat, template_text
 
 EMBEDDED_DIR = Path(__file__).parent / "demo"
 EMBEDDED = {role: EMBEDDED_DIR / role for role in ("target", "drafter", "ar_drafter")}
@@ -47,9 +44,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-TINY = "tiny"  # the preset name of the embedded 6M demo pair (fast tests, a first look)
-
-
 def embedded_paths() -> dict[str, str]:
     """Paths of the embedded demo pair (target, diffusion drafter, AR drafter): the ``tiny`` preset."""
     missing = [str(p) for p in EMBEDDED.values() if not (p / "config.json").exists()]
@@ -61,10 +55,14 @@ def embedded_paths() -> dict[str, str]:
     return {role: str(path) for role, path in EMBEDDED.items()}
 
 
-def target_directory(target: str | None) -> str:
+def target_directory(target: str | None, dtype: torch.dtype | str | None = None) -> str:
     """Where the target's config and tokenizer files are, for metadata read without loading weights: a preset
-    name (None is the default preset) resolved, anything else as given."""
-    return embedded_paths()["target"] if target is None or target == TINY else target
+    (None is the default) or a GGUF file resolved (a GGUF is converted once), anything else as given."""
+    chosen = preset(target)
+    if chosen is not None:
+        return registry_gemma(_checked_dtype(dtype)) if chosen.target == "registry:gemma" else chosen.target
+    file = gguf_path(target)
+    return str(convert_gguf(file, _checked_dtype(dtype))) if file is not None else target
 
 
 def checked_device(device: str | torch.device | None) -> str:
@@ -194,6 +192,8 @@ def load_models(
     drafter: str | None = None,
     *,
     ar_drafter: str | None = None,
+    tuning: str | None = None,
+    gguf_file: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
@@ -201,24 +201,41 @@ def load_models(
     verbose: bool | None = None,
 ) -> LoadedModels:
     """Load target, drafter(s), the target's tokenizer and the drafter directory's CPS n-gram table if it has
-    one. A drafter whose tokenizer does not share the target's vocabulary comes back as a
-    ``DrafterWithTokenizer`` (its drafts are translated through text). Every failure is a ``DiffuSpecError``."""
-    if target is None and (drafter is not None or ar_drafter is not None):
-        raise DiffuSpecError("a drafter was given without a target: pass target=... too")
-    if target is None or target == TINY:
-        if drafter is not None or ar_drafter is not None:
-            raise DiffuSpecError(f"the {TINY!r} preset brings its own drafters: pass no drafter with it")
-        paths = embedded_paths()
-        target, drafter, ar_drafter = paths["target"], paths["drafter"], paths["ar_drafter"]
+    one. ``target`` is a preset name (``diffuspec.presets``; None: the default), a model directory, a hub id or
+    a GGUF file (``path.gguf``, or a folder with ``gguf_file=name``: converted once and cached); ``tuning`` a
+    folder written by ``diffuspec tune-target``, applied to the target. A drafter whose tokenizer does not share
+    the target's vocabulary comes back as a ``DrafterWithTokenizer`` (its drafts are translated through text).
+    Every failure is a ``DiffuSpecError``."""
+    if target is None and (drafter is not None or ar_drafter is not None or tuning is not None):
+        raise DiffuSpecError("a drafter or tuning was given without a target: pass target=... too")
+    dtype = _checked_dtype(dtype)
+    chosen = preset(target)
+    chat_template, end_of_turn = None, ()
+    if chosen is not None:
+        if drafter is not None or ar_drafter is not None or tuning is not None or gguf_file is not None:
+            raise DiffuSpecError(f"the {chosen.name!r} preset brings its own drafter and tuning: pass none with it "
+                                 "(or give the target as a path to combine it with other parts)")
+        target = target_directory(chosen.name, dtype)
+        drafter, ar_drafter, tuning = (None if p is None else str(p) for p in (chosen.drafter, chosen.ar_drafter,
+                                                                               chosen.tuning))
+        chat_template, end_of_turn = chosen.chat_template, chosen.end_of_turn
+    else:
+        target = _converted(target, gguf_file, dtype)
+    drafter, ar_drafter = (None if path is None else _converted(path, None, dtype) for path in (drafter, ar_drafter))
     paths = {role: _checked_path(path, role) for role, path in
              (("target", target), ("drafter", drafter), ("AR drafter", ar_drafter)) if path is not None}
-    load = dict(device=checked_device(device) if device_map is None else None, dtype=_checked_dtype(dtype),
+    load = dict(device=checked_device(device) if device_map is None else None, dtype=dtype,
                 device_map=device_map, trust_remote_code=trust_remote_code, verbose=verbose)
     tokenizer = _own_tokenizer(paths["target"], "target", verbose, trust_remote_code)
     if tokenizer is None:
         raise DiffuSpecError(f"the target directory {target} has no tokenizer files: save the target's tokenizer "
                              "beside it (tokenizer.save_pretrained)")
     target_model = _load_model(paths["target"], "target", **load)
+    if tuning is not None:
+        with _loading(tuning, "tuning", verbose):
+            target_model = apply_tuning(target_model, tokenizer, tuning)
+    elif chat_template is not None:
+        set_chat(target_model, tokenizer, template_text(chat_template), end_of_turn)
     drafters = {role: _pair(_load_model(path, role, **load), _own_tokenizer(path, role, verbose, trust_remote_code),
                             tokenizer)
                 for role, path in paths.items() if role != "target"}
@@ -232,32 +249,12 @@ def load_models(
     )
 
 
+def _converted(path: str, gguf_file: str | None, dtype) -> str:
+    """``path`` itself, or for a GGUF file the folder of its cached conversion."""
+    file = gguf_path(path, gguf_file)
+    return path if file is None else str(convert_gguf(file, dtype if isinstance(dtype, torch.dtype) else None))
+
+
 def _cps_ngram(drafter: str | None) -> CorpusNGram | None:
     table = Path(drafter) / CPS_NGRAM_FILE if drafter else None
     return CorpusNGram.load(table) if table and table.is_file() else None
-
-
-_SHARED: dict[tuple, object] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_engine(
-    target: str | None = None,
-    drafter: str | None = None,
-    *,
-    ar_drafter: str | None = None,
-    config: DiffuSpecConfig | None = None,
-    **load: object,
-) -> DiffuSpec:
-    """One engine per distinct (models, loading arguments, config), loaded on first use and shared by every
-    wrapper that asks for the same: building a wrapper stays cheap, and the weights are loaded once.
-    ``load`` holds ``from_pretrained``'s loading arguments (device, dtype, device_map, trust_remote_code)."""
-    from .config import DiffuSpecConfig
-    from .engine import DiffuSpec
-
-    config = config or DiffuSpecConfig()
-    key = (target, drafter, ar_drafter, config, repr(sorted(load.items())))  # repr: a device_map dict
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = DiffuSpec.from_pretrained(target, drafter, ar_drafter=ar_drafter, config=config, **load)
-        return _SHARED[key]

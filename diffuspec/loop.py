@@ -1,5 +1,9 @@
 """The speculative loop: propose, verify, commit, report. One short step for every mode and proposer.
 
+A request's decoding state is a ``DecodeState``; ``step(state)`` is one turn of the loop and returns its
+``StepEvent``. Nothing is held in a generator frame, so a scheduler can start, interleave and cancel requests
+between steps (and, later, verify several requests' drafts in one target pass).
+
 The target's KV cache holds every committed token but the last, which is fed first in the next verification
 pass together with the draft; the rejected tail is rolled back (a proposal that carries a token tree is verified
 and compacted by ``tree.py`` instead). Committed ids live in one preallocated buffer
@@ -8,12 +12,14 @@ and compacted by ``tree.py`` instead). Committed ids live in one preallocated bu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from .caches import new_cache, rollback
+from .caches import cache_kwargs, new_cache, rollback
 from .events import Emitter, StepEvent
 from .length import MachineCosts
 from .proposers import Outcome, Proposer
@@ -28,8 +34,9 @@ def _verify(target: PreTrainedModel, cache, feed: torch.Tensor,
     """Logits [len(feed), V] and, when ``hidden_layers`` are asked for, the hidden states at those layers
     concatenated ([len(feed), len(hidden_layers) * hidden]; None otherwise)."""
     if not hidden_layers:
-        return target(input_ids=feed[None], past_key_values=cache, use_cache=True).logits[0], None
-    out = target(input_ids=feed[None], past_key_values=cache, use_cache=True, output_hidden_states=list(hidden_layers))
+        return target(input_ids=feed[None], use_cache=True, **cache_kwargs(target, cache)).logits[0], None
+    out = target(input_ids=feed[None], use_cache=True, output_hidden_states=list(hidden_layers),
+                 **cache_kwargs(target, cache))
     return out.logits[0], torch.cat([out.hidden_states[i][0] for i in hidden_layers], dim=-1)
 
 
@@ -46,72 +53,102 @@ def calibrate_verification(target: PreTrainedModel, cache, last: torch.Tensor, c
             rollback(cache, size)
 
 
-def speculative_decode(
-    target: PreTrainedModel,
-    prompt_ids: list[int],
-    proposer: Proposer,
-    emitter: Emitter,
-    sampling: SamplingParams,
-    seed: int,
-    generator: torch.Generator | None,
-    costs: MachineCosts,
-    clock: Callable[[], float],
-    calibrate_up_to: int = 0,
-) -> Iterator[StepEvent]:
-    device, stats = target.device, emitter.stats
-    ids = torch.empty(len(prompt_ids) + emitter.room, dtype=torch.long, device=device)
-    n = len(prompt_ids)
-    ids[:n] = torch.tensor(prompt_ids, dtype=torch.long)
-    cache = new_cache(target)
-    start = clock()
-    layers = proposer.hidden_layers
+@dataclass(eq=False)
+class DecodeState:
+    """One request's speculative decoding between two steps. Built without touching the models (``start``);
+    its first ``step`` prefills the cache. ``ids[:n]`` are the prompt and the committed tokens."""
+
+    target: PreTrainedModel
+    proposer: Proposer
+    emitter: Emitter
+    sampling: SamplingParams
+    seed: int
+    generator: torch.Generator | None
+    costs: MachineCosts  # the engine's, shared across requests: what it measured of the machine
+    clock: Callable[[], float]
+    calibrate_up_to: int  # 0: no calibration; else the largest verification to time before the first step
+    ids: torch.Tensor
+    n: int
+    cache: Any = None  # None until prefilled
+    finished: bool = field(default=False)
+
+    @classmethod
+    def start(cls, target: PreTrainedModel, prompt_ids: list[int], proposer: Proposer, emitter: Emitter,
+              sampling: SamplingParams, seed: int, generator: torch.Generator | None, costs: MachineCosts,
+              clock: Callable[[], float], calibrate_up_to: int = 0) -> DecodeState:
+        ids = torch.empty(len(prompt_ids) + emitter.room, dtype=torch.long, device=target.device)
+        ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        return cls(target, proposer, emitter, sampling, seed, generator, costs, clock, calibrate_up_to, ids,
+                   len(prompt_ids))
+
+    def step(self) -> StepEvent:  # as a scheduler's ``Decoding``
+        return step(self)
+
+    def close(self) -> None:
+        """Free the request's caches (its proposer's and its KV cache): an abandoned request frees memory now."""
+        self.finished = True
+        self.cache = None
+        self.proposer.close()
+
+
+def prefill(state: DecodeState) -> None:
+    """Fill the cache with the prompt but its last token (and calibrate the cost curve, once per engine)."""
+    target, stats, n, layers = state.target, state.emitter.stats, state.n, state.proposer.hidden_layers
+    state.cache = cache = new_cache(target)
+    start = state.clock()
     if n > 1:  # the cache holds all committed tokens but the last
-        _, hidden = _verify(target, cache, ids[: n - 1], layers)
+        _, hidden = _verify(target, cache, state.ids[: n - 1], layers)
         if layers:
-            proposer.observe_hidden_states(hidden)
+            state.proposer.observe_hidden_states(hidden)
         rollback(cache, 0)  # sliding layers keep only their window of the prompt
         stats.counts["target_forwards"] += 1
-    if calibrate_up_to and not costs.verify.points:
-        calibrate_verification(target, cache, ids[n - 1 : n], costs, clock, calibrate_up_to)
-    stats.seconds["verify"] += clock() - start
+    if state.calibrate_up_to and not state.costs.verify.points:
+        calibrate_verification(target, cache, state.ids[n - 1 : n], state.costs, state.clock, state.calibrate_up_to)
+    stats.seconds["verify"] += state.clock() - start
 
-    while True:
-        t0 = clock()
-        proposal = proposer.propose(ids[:n], emitter.room - 1)
-        draft, tree, rank = proposal.tokens, proposal.tree, 0
-        d = verified = draft.numel()
-        t1 = clock()
-        if tree is not None:  # several paths in one pass (tree.py)
-            verdict = verify_tree(target, cache, ids[n - 1 : n], tree, sampling, seed, emitter.generated)
-            draft, next_token, rank = tree.tokens[verdict.accepted_nodes], verdict.next_token, verdict.rank
-            accepted, d = draft.numel(), tree.depth
+
+def step(state: DecodeState) -> StepEvent:
+    """One turn of the loop (prefilling first if the request has not started): propose, verify, commit."""
+    if state.cache is None:
+        prefill(state)
+    target, cache, proposer, emitter, sampling = state.target, state.cache, state.proposer, state.emitter, state.sampling
+    ids, n, clock, stats = state.ids, state.n, state.clock, emitter.stats
+    t0 = clock()
+    proposal = proposer.propose(ids[:n], emitter.room - 1)
+    draft, tree, rank = proposal.tokens, proposal.tree, 0
+    d = verified = draft.numel()
+    t1 = clock()
+    if tree is not None:  # several paths in one pass (tree.py)
+        verdict = verify_tree(target, cache, ids[n - 1 : n], tree, sampling, state.seed, emitter.generated)
+        draft, next_token, rank = tree.tokens[verdict.accepted_nodes], verdict.next_token, verdict.rank
+        accepted, d = draft.numel(), tree.depth
+    else:
+        logits, hidden = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]), proposer.hidden_layers)
+        if sampling.greedy:
+            accepted, next_token = greedy_accept(draft, logits)
+        elif proposal.probs is None:  # a deterministic draft: Gumbel-max verification (verification.py)
+            noise = position_gumbel(state.seed, emitter.generated, d + 1, logits.shape[-1], target.device)
+            accepted, next_token = gumbel_accept(draft, sampling.probs(logits), noise)
         else:
-            logits, hidden = _verify(target, cache, torch.cat([ids[n - 1 : n], draft]), layers)
-            if sampling.greedy:
-                accepted, next_token = greedy_accept(draft, logits)
-            elif proposal.probs is None:  # a deterministic draft: Gumbel-max verification (verification.py)
-                noise = position_gumbel(seed, emitter.generated, d + 1, logits.shape[-1], device)
-                accepted, next_token = gumbel_accept(draft, sampling.probs(logits), noise)
-            else:
-                accepted, next_token = sample_accept(draft, proposal.probs, sampling.probs(logits), generator)
-            rollback(cache, d - accepted)
-            if layers:  # the positions the cache kept: the last committed token and the accepted drafts
-                proposer.observe_hidden_states(hidden[: accepted + 1])
-        t2 = clock()
+            accepted, next_token = sample_accept(draft, proposal.probs, sampling.probs(logits), state.generator)
+        rollback(cache, d - accepted)
+        if proposer.hidden_layers:  # the positions the cache kept: the last committed token and the accepted drafts
+            proposer.observe_hidden_states(hidden[: accepted + 1])
+    t2 = clock()
 
-        tokens, finish = emitter.commit([*draft[:accepted].tolist(), next_token])
-        ids[n : n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        n += len(tokens)
-        proposer.observe(Outcome(accepted, next_token, tokens, rank))
-        costs.verify.observe(verified + 1, t2 - t1)
-        stats.seconds["draft"] += proposal.draft_seconds
-        stats.seconds["path_search"] += proposal.search_seconds
-        stats.seconds["verify"] += t2 - t1
-        stats.step(d, accepted, len(tokens), drafter_forwards=proposal.forwards, predicted=proposal.predicted_tokens,
-                   accepted_rank=rank, tree_size=verified)
-        t3 = clock()
-        stats.seconds["other"] += (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2)
-        costs.other.observe(d, (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2))
-        yield emitter.event(tokens, d, accepted, finish)
-        if finish:
-            return
+    tokens, finish = emitter.commit([*draft[:accepted].tolist(), next_token])
+    ids[n : n + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    state.n = n + len(tokens)
+    proposer.observe(Outcome(accepted, next_token, tokens, rank))
+    state.costs.verify.observe(verified + 1, t2 - t1)
+    stats.seconds["draft"] += proposal.draft_seconds
+    stats.seconds["path_search"] += proposal.search_seconds
+    stats.seconds["verify"] += t2 - t1
+    stats.step(d, accepted, len(tokens), drafter_forwards=proposal.forwards, predicted=proposal.predicted_tokens,
+               accepted_rank=rank, tree_size=verified)
+    t3 = clock()
+    other = (t1 - t0 - proposal.draft_seconds - proposal.search_seconds) + (t3 - t2)
+    stats.seconds["other"] += other
+    state.costs.other.observe(d, other)
+    state.finished = finish is not None
+    return emitter.event(tokens, d, accepted, finish)

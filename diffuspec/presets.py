@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DiffuSpecError
+
+if TYPE_CHECKING:
+    import torch
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -44,7 +46,7 @@ PRESETS = {
                                 chat_template="gemma_tools", end_of_turn=("<end_of_turn>",)),
     "tiny": Preset("tiny", str(DEMO_DIR / "target"), drafter=DEMO_DIR / "drafter", ar_drafter=DEMO_DIR / "ar_drafter"),
 }
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "gemma-3-270m"  # what every entry point loads when no target is given
 
 
 def preset(name: str | None) -> Preset | None:

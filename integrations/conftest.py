@@ -1,5 +1,6 @@
-"""What both integrations' tests share. Everything runs on the embedded demo pair (no downloads), except
-wrapper-in-isolation tests, which feed scripted engine events (``ScriptedEngine``) beside a real-engine test."""
+"""What both integrations' tests share. A wrapper built without a target loads the default model; the fast tests
+run that default path on the tiny preset (the 6M demo pair: no downloads, seconds), slow tests on the real default.
+Wrapper-in-isolation tests feed scripted engine events (``ScriptedEngine``) beside a real-engine test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from diffuspec import DecodingStats, StepEvent
+
+
+@pytest.fixture(autouse=True)
+def tiny_default(request, monkeypatch):
+    """The default model is the tiny preset in every test not marked slow."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setattr("diffuspec.presets.DEFAULT_PRESET", "tiny")
 
 
 def _run_while_ticking(make_coroutine):

@@ -180,3 +180,22 @@ def test_prompts_too_long_for_the_context_are_left_out(engine):
     long = "abc " * (engine.context_window // 4)
     results = run_benchmark(engine, ["abc", long], max_new_tokens=4, methods=core_methods(engine), progress=False)
     assert (results["settings"]["prompts"], results["settings"]["skipped_prompts"]) == (1, 1)
+
+
+@pytest.mark.slow
+def test_the_bench_on_gemma_with_llama_cpp_beside_it(tmp_path):
+    """The real target (Gemma 3 270M, its base preset) and llama.cpp on the very GGUF file it was converted from:
+    our rows checked against ar, llama.cpp's measured for speed only."""
+    pytest.importorskip("llama_cpp")
+    questions = tmp_path / "question.jsonl"
+    questions.write_text("".join(json.dumps({"category": c, "turns": [t]}) + "\n" for c, t in
+                                 [("qa", "What is the capital of Peru?"), ("writing", "Write a haiku about rain.")]))
+    out = tmp_path / "out"
+    assert main(["bench", "--target", "gemma-3-270m-base", "--spec-bench", str(questions), "--prompt-set", "chat",
+                 "--per-category", "1", "--limit", "3", "--max-new-tokens", "12", "--methods", "prompt-lookup",
+                 "llamacpp-ar", "llamacpp-prompt-lookup", "--llamacpp", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    checks = {r["method"]: r["check"] for r in results["methods"]}
+    assert checks == {"ar": "reference", "prompt-lookup": "= ar", "llamacpp-ar": "speed only",
+                      "llamacpp-prompt-lookup": "speed only"}
+    assert set(results["categories"]) == {"spec-bench/qa", "spec-bench/writing", "chat/chat"}

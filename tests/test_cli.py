@@ -123,3 +123,12 @@ def test_import_and_help_load_neither_torch_nor_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert "--length-policy" in result.stdout and "--top-p" in result.stdout
+
+
+def test_chat_sends_the_message_through_the_chat_template(demo_engine, capsys):
+    from diffuspec.chat import format_chat
+
+    got = run_json(["chat", "What does json.loads do?", "--system", "Be brief.", "--max-new-tokens", "12"], capsys)
+    prompt = format_chat(demo_engine.tokenizer, [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": "What does json.loads do?"}])
+    assert got["token_ids"] == demo_engine.generate(prompt, max_new_tokens=12).token_ids

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..caches import accepts_cache, check_rollback
 from ..config import DiffuSpecConfig
 from ..drafters import ARDrafter, Drafter, MaskedDiffusionDrafter
+from ..pairing import resolve_logits_shift, resolve_mask_token
 from .block_drafter import BlockDrafter, draft_head, is_block_drafter
 from .dflash import DFlashDrafter, is_dflash
 from .diffusion_gemma import DiffusionGemmaDrafter, is_diffusion_gemma, tiny_diffusion_gemma_pair
@@ -65,8 +66,6 @@ def drafter_factory(
         return lambda: ARDrafter(model)
     if is_diffusion_gemma(model):
         return lambda: DiffusionGemmaDrafter(model, denoising_steps=config.denoising_steps)
-    from ..engine import resolve_logits_shift, resolve_mask_token  # the engine imports this module
-
     mask = resolve_mask_token(tokenizer, model, mask_token_id)
     shifted = resolve_logits_shift(model, config.logits_shift)
     prefix_cache = config.drafter_prefix_cache and accepts_cache(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import DiffuSpecError
+from ..errors import DiffuSpecError
 from .graph import GraphShape
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import PreTrainedModel
 
-from ..config import DiffuSpecError
+from ..errors import DiffuSpecError
 from ..verification import SamplingParams
 from .graph import GraphShape, Guide, Ranking
 from .rows import BlockRows

@@ -35,9 +35,9 @@ def align(
     own greedy continuations of ``prompts``; saves the aligned drafter to ``out_dir``, with CPS's corpus n-gram
     table counted on those continuations (``cps_ngram.safetensors``, loaded with the drafter; order: as given,
     else the longest up to 5 that the vocabulary allows)."""
-    from ..config import DiffuSpecError
-    from ..engine import _vocab_size, resolve_logits_shift, resolve_mask_token
+    from ..errors import DiffuSpecError
     from ..loading import load_models
+    from ..pairing import resolve_logits_shift, resolve_mask_token, vocab_size
 
     models = load_models(target_path, drafter_path, device=device)
     if not isinstance(models.drafter, torch.nn.Module):  # a DrafterWithTokenizer: it drafts through text
@@ -60,7 +60,7 @@ def align(
     out = Path(out_dir)
     models.drafter.save_pretrained(out)
     models.tokenizer.save_pretrained(out)
-    vocab = _vocab_size(models.target)
+    vocab = vocab_size(models.target)
     order = ngram_order or min(5, CorpusNGram.longest_order(vocab))
     rows, start = data.ngram_rows(order - 1)
     CorpusNGram.count(rows, vocab, order, start=start).save(out / CPS_NGRAM_FILE)

@@ -22,21 +22,14 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.utils import LC_ID_PREFIX
 
-from diffuspec.chat import (
-    TOOL_CALL_OPEN,
-    canonical_role,
-    forced_call_prefix,
-    format_chat,
-    visible_text,
-    with_system_line,
-)
+from diffuspec.chat import canonical_role, format_chat
+from diffuspec.chat_turn import AnswerReader, ChatTurn, prepare_turn, response_format_line
 from diffuspec.integration import CALL_ARGUMENTS, refuse_unknown
 from diffuspec.params import GenerationParams
-from diffuspec.stopping import safe_length
+from diffuspec.tools import InvalidToolCall, ToolSpec
 
-from ._common import EngineFields, StepEvents, final_info, step_info, usage
-from .structured_output import response_format_line, structured_output
-from .tools import ToolSpec
+from ._common import LangChainFields, StepEvents, final_info, step_info, usage
+from .structured_output import structured_output
 
 _STEP_EVENTS = "_diffuspec_step_events"  # call kwarg carrying StepEvents into _stream from stream()/astream()
 CHAT_ARGUMENTS = (*CALL_ARGUMENTS, "tools", "tool_choice", "response_format")
@@ -61,43 +54,36 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return out
 
 
-class _Turn:
-    """One chat call: its prompt, generation params and tools, turning engine step events into chunks. With
-    tools offered, text from the first ``<tool_call>`` on is held back and read into tool calls at the end."""
+def invalid_tool_call(call: InvalidToolCall) -> dict[str, Any]:
+    """LangChain's shape of an invalid call: ``args`` holds the block as written."""
+    return {"name": call.name, "args": call.text, "id": call.id, "error": call.error, "type": "invalid_tool_call"}
 
-    def __init__(self, prompt_ids: list[int], params: GenerationParams, tools: ToolSpec | None, model_name: str,
-                 answer_prefix: str = ""):
-        self.prompt_ids, self.params, self.tools, self.model_name = prompt_ids, params, tools, model_name
-        self.text, self.shown = answer_prefix, 0  # a forced call's opening, written in the prompt, is the answer's
+
+class _Turn:
+    """One chat call (``diffuspec.chat_turn``) with its generation params, turning engine step events into
+    chunks."""
+
+    def __init__(self, turn: ChatTurn, params: GenerationParams, model_name: str):
+        self.prompt_ids, self.params, self.model_name = turn.prompt_ids, params, model_name
+        self.reader = AnswerReader(turn)
         self.invalid_tool_calls: list[dict[str, Any]] = []  # with their errors, which chunks cannot carry
 
-    @property
-    def reads_calls(self) -> bool:
-        return self.tools is not None and self.tools.reads_calls
-
     def chunk(self, event: Any) -> ChatGenerationChunk:
-        self.text += event.text
         info = step_info(event.accepted, event.draft_length)
         if event.finish_reason is None:
-            visible = self.text
-            if self.reads_calls:
-                visible = visible_text(self.text)
-                visible = visible[: safe_length(visible, [TOOL_CALL_OPEN])]
-            delta, self.shown = visible[self.shown :], len(visible)
-            return ChatGenerationChunk(message=AIMessageChunk(content=delta), generation_info=info)
-        content, calls = self.text, []
-        if self.reads_calls:
-            content = visible_text(self.text)
-            rest, calls, self.invalid_tool_calls = self.tools.read(self.text[len(content) :])
-            content += rest
+            return ChatGenerationChunk(message=AIMessageChunk(content=self.reader.add(event.text)),
+                                       generation_info=info)
+        answer = self.reader.finish(event.text)
+        self.invalid_tool_calls = [invalid_tool_call(c) for c in answer.invalid_calls]
         # Malformed blocks travel as chunks whose args are the raw block (not JSON, so LangChain's chunk
         # merging lists them in invalid_tool_calls); errors go in the metadata, as chunks have no place for them.
+        calls = [{"name": c.name, "args": json.dumps(c.arguments), "id": c.id} for c in answer.calls]
         malformed = [c for c in self.invalid_tool_calls if c["args"] is not None]  # an unmet choice has no block
-        tool_call_chunks = [*({**c, "args": json.dumps(c["args"])} for c in calls), *malformed]
         message = AIMessageChunk(
-            content=content[self.shown :],
+            content=answer.delta,
             tool_call_chunks=[
-                {"name": c["name"], "args": c["args"], "id": c["id"], "index": i} for i, c in enumerate(tool_call_chunks)
+                {"name": c["name"], "args": c["args"], "id": c["id"], "index": i}
+                for i, c in enumerate([*calls, *malformed])
             ],
             usage_metadata=usage(len(self.prompt_ids), event.stats),
             chunk_position="last",
@@ -115,7 +101,7 @@ class _Turn:
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=merged.generation_info)])
 
 
-class ChatDiffuSpec(EngineFields, BaseChatModel):
+class ChatDiffuSpec(LangChainFields, BaseChatModel):
     """LangChain chat model on the diffuspec engine: lossless speculative decoding, streamed with per-step
     acceptance figures in each chunk's ``response_metadata`` and a ``diffuspec_step`` custom callback event
     per step.
@@ -202,27 +188,21 @@ class ChatDiffuSpec(EngineFields, BaseChatModel):
 
     def _split_call(
         self, kwargs: dict[str, Any], stop: list[str] | None = None
-    ) -> tuple[ToolSpec | None, str | None, GenerationParams]:
-        """(tools, the response_format instruction, generation params) of a call; bad arguments refused."""
+    ) -> tuple[ToolSpec | None, Any, GenerationParams]:
+        """(tools, response_format, generation params) of a call; bad arguments refused."""
         kwargs = {k: v for k, v in kwargs.items() if k != "ls_structured_output_format"}  # a tracing hint
         refuse_unknown(f"{type(self).__name__} call", kwargs, CHAT_ARGUMENTS)
         tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
         spec = ToolSpec.of(tools or [], choice) if tools or choice is not None else None
         response_format = kwargs.pop("response_format", None)
-        line = response_format_line(response_format) if response_format is not None else None
-        return spec, line, self.generation_params(stop, **kwargs)
+        if response_format is not None:
+            response_format_line(response_format)  # understood, or refused now
+        return spec, response_format, self.generation_params(stop, **kwargs)
 
     def _turn(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Turn:
-        tools, json_line, params = self._split_call(kwargs, stop)
-        dicts = to_chat_dicts(messages)
-        if json_line is not None:
-            dicts = with_system_line(dicts, json_line)
-        tokenizer = self.get_engine().tokenizer
-        offered = tools.offered if tools else None
-        choice = tools.choice if offered else None
-        prefix = forced_call_prefix(choice)
-        prompt = format_chat(tokenizer, dicts, offered, choice, answer_prefix=prefix)
-        return _Turn(prompt, params, tools, self.resolved_model_name, prefix)
+        tools, response_format, params = self._split_call(kwargs, stop)
+        turn = prepare_turn(self.get_engine().tokenizer, to_chat_dicts(messages), tools, response_format)
+        return _Turn(turn, params, self.resolved_model_name)
 
     def _stream(
         self,

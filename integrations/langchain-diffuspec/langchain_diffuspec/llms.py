@@ -16,10 +16,10 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from diffuspec.params import GenerationParams
 
-from ._common import EngineFields, StepEvents, final_info, step_info, usage
+from ._common import LangChainFields, StepEvents, final_info, step_info, usage
 
 
-class DiffuSpecLLM(EngineFields, BaseLLM):
+class DiffuSpecLLM(LangChainFields, BaseLLM):
     """LangChain LLM on the diffuspec engine. Streams with ``on_llm_new_token`` per step, fires a
     ``diffuspec_step`` custom event per step, and reports stats and token usage in ``llm_output``."""
 

@@ -16,24 +16,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.json import parse_json_markdown
 from pydantic import BaseModel, ValidationError
 
-from diffuspec.config import DiffuSpecError
+from diffuspec.errors import DiffuSpecError
 
 METHODS = ("function_calling", "json_schema", "json_mode")
-
-
-def response_format_line(response_format: Any) -> str:
-    """The prompt line asking for a JSON answer: ``response_format`` as in OpenAI's API,
-    ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"schema": {...}}}``."""
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "json_object":
-        return "Answer with one JSON object and nothing else."
-    if kind == "json_schema" and isinstance(response_format.get("json_schema", {}).get("schema"), dict):
-        schema = json.dumps(response_format["json_schema"]["schema"])
-        return f"Answer with one JSON object and nothing else, following this JSON schema: {schema}"
-    raise DiffuSpecError(
-        f"response_format {response_format!r} is not understood: use {{'type': 'json_object'}} or "
-        "{'type': 'json_schema', 'json_schema': {'schema': {...}}}"
-    )
 
 
 def _validated(schema: Any, data: Any, message: AIMessage) -> Any:

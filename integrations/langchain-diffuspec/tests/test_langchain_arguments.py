@@ -55,6 +55,14 @@ def test_hosted_model_arguments_are_accepted():
     assert chat.generation_params().max_new_tokens == 100
 
 
+def test_one_default_answer_length_for_every_wrapper():
+    """Without max_tokens, every wrapper answers at most 256 tokens or a quarter of the window (the tiny
+    preset's 512: 128), LlamaIndex's DiffuSpecLLM included (its test checks num_output)."""
+    assert ChatDiffuSpec(target="tiny").generation_params().max_new_tokens == 128
+    assert DiffuSpecLLM(target="tiny").generation_params().max_new_tokens == 128
+    assert ChatDiffuSpec(target="tiny", max_new_tokens=300).generation_params().max_new_tokens == 300
+
+
 def test_hugging_face_spellings_load_the_model(monkeypatch):
     """model_id, model_kwargs (torch_dtype included), device_map and trust_remote_code reach from_pretrained."""
     loads = []

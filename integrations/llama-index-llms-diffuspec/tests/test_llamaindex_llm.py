@@ -143,7 +143,7 @@ def test_per_call_overrides_are_checked(llm):
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"max_tokens": 5}, "unknown argument.*max_tokens"),
+        ({"api_key": "x"}, "unknown argument.*api_key"),
         ({"generate_kwargs": {}}, "unknown argument.*generate_kwargs"),
         ({"model_name": "Qwen/Qwen2.5-0.5B-Instruct"}, "only names the model"),
         ({"model_kwargs": {"attn_implementation": "sdpa"}}, r"model_kwargs\['attn_implementation'\] is not supported"),

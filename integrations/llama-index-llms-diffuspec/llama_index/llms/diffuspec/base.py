@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -17,27 +17,21 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import AliasChoices
-from pydantic.functional_validators import PlainValidator
 
 from diffuspec.chat import format_chat
-from diffuspec.integration import call_params, check_model_arguments, display_name, engine_arguments
-from diffuspec.params import GenerationParams
+from diffuspec.integration import default_answer_tokens
+from diffuspec.integration_fields import EngineFields
 
 if TYPE_CHECKING:
-    from diffuspec import DiffuSpec, StepEvent
+    from diffuspec import StepEvent
 
 dispatcher = get_dispatcher(__name__)
-MAX_NEW_TOKENS = 256  # the default answer length, at most a quarter of the context window
-# Generation fields are checked by GenerationParams alone: pydantic would otherwise coerce "0.9" into a number
-# and True into a count before it could refuse them.
-Unchecked = PlainValidator(lambda value: value)
 
 
 class DiffuSpecStepEvent(BaseEvent):
@@ -54,108 +48,37 @@ class DiffuSpecStepEvent(BaseEvent):
         return "DiffuSpecStepEvent"
 
 
-class DiffuSpecLLM(CustomLLM):
+class DiffuSpecLLM(EngineFields, CustomLLM):
     """LlamaIndex LLM on the diffuspec engine. Give an ``engine``, model paths (``target`` or ``model_id``,
     ``drafter``, ``ar_drafter``) and how to load them (``device``, ``dtype``, ``device_map``,
-    ``trust_remote_code``, or the same in ``model_kwargs``), or nothing (the embedded demo pair); weights load on
+    ``trust_remote_code``, or the same in ``model_kwargs``), or nothing (the default model); weights load on
     first use. Unknown arguments are refused, in the constructor and per call."""
 
-    model_config = ConfigDict(populate_by_name=True, protected_namespaces=(), extra="forbid")
-
-    target: str | None = Field(default=None, validation_alias=AliasChoices("target", "model_id"),
-                               description="hub id or path of the AR target")
-    drafter: str | None = Field(default=None, description="hub id or path of the diffusion drafter")
-    ar_drafter: str | None = Field(default=None, description="hub id or path of an AR drafter (mode 'ar-drafter')")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="from_pretrained's loading arguments")
-    device: str | None = None
-    dtype: Any = Field(default=None, description='"bfloat16", "auto" or a torch.dtype')
-    device_map: str | dict[str, Any] | None = None
-    trust_remote_code: bool | None = None
-    engine_config: dict[str, Any] = Field(default_factory=dict, description="DiffuSpecConfig fields")
-    model_name: str | None = Field(default=None, description="display name (needs target or engine)")
-    max_new_tokens: Annotated[int | None, Unchecked] = Field(
-        default=None, description=f"None: a quarter of the context window, at most {MAX_NEW_TOKENS}"
-    )
-    temperature: Annotated[float, Unchecked] = 0.0
-    top_k: Annotated[int | None, Unchecked] = None
-    top_p: Annotated[float | None, Unchecked] = None
-    seed: Annotated[int | None, Unchecked] = None
-    stop: Annotated[list[str] | None, Unchecked] = None
-    mode: Annotated[str | None, Unchecked] = Field(default=None, description="None: the engine's configured mode")
     context_window: int | None = Field(default=None, gt=0, description="None: the model's own")
     num_output: int | None = Field(default=None, gt=0, description="tokens LlamaIndex reserves for the answer; "
-                                                                   "None: max_new_tokens")
+                                                                   "None: the answer length")
     is_chat_model: bool | None = Field(default=None, description="None: whether the tokenizer has a chat template")
-    _engine: Any = PrivateAttr(default=None)  # the engine given to the constructor
-    _loaded: Any = PrivateAttr(default=None)  # else the shared one, once loaded
-    _model_facts: tuple[int, bool] | None = PrivateAttr(default=None)  # (context window, has a chat template)
-
-    def __init__(self, engine: DiffuSpec | None = None, **kwargs: Any) -> None:
-        check_model_arguments(type(self), kwargs, extra=["engine"])
-        super().__init__(**kwargs)
-        self._engine = engine
-        # Bad values fail here, not at the first call (a derived max_new_tokens is valid by construction).
-        self._base_params(max_new_tokens=1 if self.max_new_tokens is None else self.max_new_tokens)
-        self._engine_arguments()
 
     @classmethod
     def class_name(cls) -> str:
         return "DiffuSpecLLM"
 
-    def _engine_arguments(self) -> dict[str, Any]:
-        return engine_arguments(
-            engine=self._engine, target=self.target, drafter=self.drafter,
-            ar_drafter=self.ar_drafter, model_name=self.model_name, model_kwargs=self.model_kwargs,
-            config=self.engine_config, device=self.device, dtype=self.dtype, device_map=self.device_map,
-            trust_remote_code=self.trust_remote_code,
-        )
-
-    def get_engine(self) -> DiffuSpec:
-        if self._engine is not None:
-            return self._engine
-        if self._loaded is None:
-            from diffuspec.loading import shared_engine
-
-            self._loaded = shared_engine(**self._engine_arguments())
-        return self._loaded
-
     # ----- sizes: what LlamaIndex packs prompts with ----------------------------------------------------
 
-    def _facts(self) -> tuple[int, bool]:
-        """The model's context window and whether its tokenizer has a chat template: from the engine once
-        loaded, else from the config and tokenizer files (metadata must not load weights)."""
-        engine = self._engine or self._loaded
-        if engine is not None:
-            return engine.context_window, bool(getattr(engine.tokenizer, "chat_template", None))
-        if self._model_facts is None:
-            from transformers import AutoConfig, AutoTokenizer
-
-            from diffuspec.engine import context_window
-            from diffuspec.loading import target_directory
-
-            path = target_directory(self.target)
-            remote_code = self._engine_arguments().get("trust_remote_code", False)
-            config = AutoConfig.from_pretrained(path, trust_remote_code=remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code)
-            self._model_facts = context_window(config), bool(tokenizer.chat_template)
-        return self._model_facts
-
     def _window(self) -> int:
-        return self.context_window if self.context_window is not None else self._facts()[0]
+        return self.context_window if self.context_window is not None else self.model_facts()[0]
 
-    def _max_new_tokens(self) -> int:
-        if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        return min(MAX_NEW_TOKENS, self._window() // 4)
+    def answer_tokens(self) -> int:  # the default answer length follows this wrapper's window
+        return self.max_new_tokens if self.max_new_tokens is not None else default_answer_tokens(self._window())
 
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self._window(),
-            num_output=self.num_output or self._max_new_tokens(),
-            is_chat_model=self.is_chat_model if self.is_chat_model is not None else self._facts()[1],
+            num_output=self.num_output or self.answer_tokens(),
+            is_chat_model=self.is_chat_model if self.is_chat_model is not None else self.model_facts()[1],
             is_function_calling_model=False,
-            model_name=display_name(self.model_name, self.target, self._engine),
+            model_name=self.resolved_model_name,
         )
 
     @property
@@ -176,14 +99,6 @@ class DiffuSpecLLM(CustomLLM):
         dicts = [{"role": m.role.value, "content": m.content or ""} for m in messages]
         return format_chat(self.get_engine().tokenizer, dicts)
 
-    def _base_params(self, **changes: Any) -> GenerationParams:
-        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
-                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed, "mode": self.mode}
-        return GenerationParams(**{**fields, **changes})
-
-    def _params(self, kwargs: dict[str, Any]) -> GenerationParams:
-        return call_params(type(self).__name__, self._base_params(max_new_tokens=self._max_new_tokens()), kwargs)
-
     # ----- the one place events become responses ---------------------------------------------------------
 
     def _response(self, text: str, event: StepEvent, span_id: str | None) -> CompletionResponse:
@@ -202,7 +117,7 @@ class DiffuSpecLLM(CustomLLM):
     def _responses(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
         # Runs in the caller's body: arguments are checked now and the span id is the caller's (a lazy
         # generator would run after the span had closed).
-        events = self.get_engine().stream(prompt_ids, params=self._params(kwargs))
+        events = self.get_engine().stream(prompt_ids, params=self.generation_params(**kwargs))
         return self._wrap(events, active_span_id.get())
 
     def _wrap(self, events: Iterator[StepEvent], span_id: str | None) -> Iterator[CompletionResponse]:
@@ -213,7 +128,7 @@ class DiffuSpecLLM(CustomLLM):
 
     def _aresponses(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> AsyncIterator[CompletionResponse]:
         # As _responses: called in the caller's body.
-        events = self.get_engine().astream(prompt_ids, params=self._params(kwargs))
+        events = self.get_engine().astream(prompt_ids, params=self.generation_params(**kwargs))
         return self._awrap(events, active_span_id.get())
 
     async def _awrap(self, events: AsyncIterator[StepEvent], span_id: str | None) -> AsyncIterator[CompletionResponse]:
