@@ -141,10 +141,10 @@ def core_methods(engine: DiffuSpec, fixed_k: int = 8) -> dict[str, Runner]:
         methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False), "diffuspec")
         methods["diffuspec-adl"] = engine_runner(engine.with_config(length_policy="adl", draft_length=None), "diffuspec")
         methods[f"diffuspec-k{fixed_k}"] = engine_runner(engine.with_config(draft_length=fixed_k), "diffuspec")
-        if engine.config.draft_paths > 1:
+        if engine.token_trees and engine.config.draft_paths > 1:
             methods["diffuspec-no-tree"] = engine_runner(engine.with_config(draft_paths=1, tree_branches=None),
                                                          "diffuspec")
-        else:  # the cost policy sizing trees of up to 8 paths and 16 added nodes (the best measured)
+        elif engine.token_trees:  # the cost policy sizing trees of up to 8 paths and 16 added nodes (the best measured)
             methods["diffuspec-tree"] = engine_runner(engine.with_config(draft_paths=8, tree_branches=16),
                                                       "diffuspec")
     return methods
@@ -158,10 +158,10 @@ def sweep_methods(engine: DiffuSpec, fixed_ks: Sequence[int] = (4, 16)) -> dict[
     methods: dict[str, Runner] = {}
     for k in fixed_ks:
         methods[f"diffuspec-k{k}"] = engine_runner(engine.with_config(cps=True, draft_length=k), "diffuspec")
-    for paths in (2, 4):
+    for paths in (2, 4) if engine.token_trees else ():
         methods[f"diffuspec-paths-{paths}"] = engine_runner(
             engine.with_config(draft_paths=paths, tree_branches=None, draft_length=None), "diffuspec")
-    for k, branches in ((8, 8), (16, 8), (16, 16)):  # M added nodes make at most M + 1 paths: no path limit
+    for k, branches in ((8, 8), (16, 8), (16, 16)) if engine.token_trees else ():  # M added nodes: <= M + 1 paths
         methods[f"diffuspec-k{k}-tree{branches}"] = engine_runner(
             engine.with_config(draft_length=k, draft_paths=branches + 1, tree_branches=branches), "diffuspec")
     k = engine.config.k_max

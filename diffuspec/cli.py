@@ -15,6 +15,7 @@ from pathlib import Path
 from .bench_prompts import PROMPT_SETS
 from .config import LENGTH_POLICIES, MODES, DiffuSpecConfig, DiffuSpecError
 from .load_arguments import add_load_options, load_options
+from .presets import DEFAULT_PRESET
 
 
 def _one_line(error: BaseException) -> str:
@@ -338,7 +339,7 @@ def _bench_serve(args: argparse.Namespace) -> None:
 def _add_generation_options(command: argparse.ArgumentParser) -> None:
     """The options of ``generate`` and ``chat``."""
     command.add_argument("--target", help="preset, model directory, GGUF file or hub id of the AR target "
-                         "(default: the default preset)")
+                         f"(default: {DEFAULT_PRESET})")
     command.add_argument("--drafter", help="hub id or local path of the diffusion drafter")
     command.add_argument("--ar-drafter", help="hub id or local path of an AR draft model (mode ar-drafter)")
     command.add_argument("--max-new-tokens", type=int, default=128)
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.set_defaults(run=_align)
     bench = sub.add_parser("bench", help="measure every method side by side (tokens/s, speedups, MAT, acceptance per "
                            "prompt category; every output checked against AR greedy decoding)")
-    bench.add_argument("--target", help="preset, model directory or GGUF file (default: the tiny demo pair)")
+    bench.add_argument("--target", help=f"preset, model directory or GGUF file (default: {DEFAULT_PRESET})")
     bench.add_argument("--drafter")
     bench.add_argument("--ar-drafter")
     bench.add_argument("--replica", choices=["diffusion-gemma"],

@@ -94,8 +94,8 @@ class DiffuSpec:
         )
         self._costs = MachineCosts.empty()
         # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
-        self._tree_limits = (TreeLimits(cfg.draft_paths, cfg.tree_branches) if supports_tree(target, new_cache(target))
-                             else SINGLE_PATH)
+        self.token_trees = supports_tree(target, new_cache(target)) and not getattr(drafter, "hidden_layers", None)
+        self._tree_limits = TreeLimits(cfg.draft_paths, cfg.tree_branches) if self.token_trees else SINGLE_PATH
         if cfg.draft_paths > 1 and getattr(drafter, "hidden_layers", ()):
             raise DiffuSpecError(
                 f"draft_paths={cfg.draft_paths}: a drafter that reads the target's hidden states (e.g. DFlash) cannot "

@@ -54,7 +54,7 @@ def user_errors(root):
         (["bench", "--prompts", str(root / "missing.txt")], "not found"),
         (["bench", "--prompts", str(root / "empty.txt")], "holds no prompt"),
         (["bench", "--prompts", str(root / "bad.jsonl")], "cannot read prompts"),
-        (["bench", "--prompts", str(root / "prompts.txt"), "--methods", "warp"], "unknown methods ['warp']"),
+        (["bench", "--target", "tiny", "--prompts", str(root / "prompts.txt"), "--methods", "warp"], "unknown methods ['warp']"),
         (["align", "--target", str(root / "good"), "--drafter", str(root / "good"), "--prompts",
           str(root / "missing.txt"), "--out", str(root / "out")], "not found"),
         (["align", "--target", str(root / "good"), "--drafter", str(root / "good"), "--prompts",
