@@ -10,6 +10,7 @@ stops there.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def apply_tuning(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     if spec.get("adapter"):
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, folder / spec["adapter"]).merge_and_unload()
+        with warnings.catch_warnings():  # peft reads a property transformers deprecates; nothing for users to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, folder / spec["adapter"]).merge_and_unload()
     template = template_text(spec["chat_template"], folder) if spec.get("chat_template") else None
     set_chat(model, tokenizer, template, spec.get("end_of_turn", ()))
     return model.eval()
