@@ -30,8 +30,8 @@ LOSSES = ("streak", "ce")
 
 @dataclass(frozen=True)
 class DrafterRecipe:
-    """What decides the drafter. The defaults are the shipped drafter's recipe (docs/drafters.md: the measurements
-    that chose them)."""
+    """What decides the drafter. The shipped drafter of ``gemma-3-270m`` is these defaults with ``steps=1200`` and
+    ``keep_layers=(0, 2, 9)`` (docs/training.md)."""
 
     layers: int = 2  # drafter layers, copies of the target's last ones
     fused_layers: tuple[int, ...] = ()  # (): per-layer context; else these hidden_states through a projection
