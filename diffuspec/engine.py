@@ -23,6 +23,7 @@ from .adapters.diffusion_gemma import is_diffusion_gemma
 from .aio import Outbox
 from .caches import check_target, new_cache
 from .config import DLM_MODES, DiffuSpecConfig
+from .cost_memory import costs_key, load_costs, measured_sizes, save_costs
 from .dlm import DLMSettings, dlm_steps, spiffy_steps
 from .drafters import Drafter, PromptLookupDrafter
 from .errors import DiffuSpecError
@@ -33,6 +34,7 @@ from .loop import DecodeState
 from .pairing import check_pair_model, context_window, eos_token_ids, resolve_logits_shift, resolve_mask_token, vocab_size
 from .params import GenerationParams
 from .path_search import CorpusNGram, NGramProxy, PathSearch
+from .precision import target_precision
 from .proposers import DraftProposer, Proposer, TargetOnly
 from .scheduler import Decoding, Request, Scheduler
 from .tree import SINGLE_PATH, TreeLimits, supports_tree
@@ -48,7 +50,9 @@ class DiffuSpec:
     queue, None: unbounded) and up to ``max_running`` of them are decoded at once, a step each in turn (one by
     default: each request then runs alone, as fast as it can). Everything a request learns while it runs
     (drafter caches, n-gram proxy, length policy) is its own. What the engine keeps across requests is what it
-    measured of the machine: the cost curves of the cost-aware length policy.
+    measured of the machine: the cost curves of the cost-aware length policy, also kept across processes
+    (``cost_memory.py``): an engine starts from the curves last saved for its models, precision, device and
+    thread count, and saves them after a request that measured a new size.
     """
 
     def __init__(
@@ -92,7 +96,10 @@ class DiffuSpec:
             max_candidates=cfg.cps_max_candidates,
             lam=cfg.cps_lambda if cfg.cps_lambda is not None else 0.5 if cps_ngram else 0.9,
         )
-        self._costs = MachineCosts.empty()
+        self.precision = target_precision(target) or "none"  # the target's kernels (``precision.py``)
+        self._costs_key = costs_key(target, drafter, self.device, ar_drafter=ar_drafter, precision=self.precision)
+        self._costs = load_costs(self._costs_key) or MachineCosts.empty()
+        self._saved_sizes = measured_sizes(self._costs)
         # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
         self.token_trees = supports_tree(target, new_cache(target)) and not getattr(drafter, "hidden_layers", None)
         self._tree_limits = TreeLimits(cfg.draft_paths, cfg.tree_branches) if self.token_trees else SINGLE_PATH
@@ -352,8 +359,16 @@ class DiffuSpec:
                           max_new_tokens=params.max_new_tokens, context_window=self.context_window)
         proposer = self._proposer(mode, prompt_ids, sampling, generator)
         calibrate = self._k_max + 1 if self._uses_cost_policy(mode) else 0
-        return DecodeState.start(self.target, prompt_ids, proposer, emitter, sampling, seed, generator, self._costs,
-                                 time.perf_counter, calibrate)
+        state = DecodeState.start(self.target, prompt_ids, proposer, emitter, sampling, seed, generator, self._costs,
+                                  time.perf_counter, calibrate)
+        return _SavingCosts(state, self._remember_costs)
+
+    def _remember_costs(self) -> None:
+        """Save the cost curves when the request just closed measured a size they did not have."""
+        sizes = measured_sizes(self._costs)
+        if sizes != self._saved_sizes:
+            self._saved_sizes = sizes
+            save_costs(self._costs_key, self._costs)
 
     def _dlm_decode(self, mode: str, prompt_ids: list[int], params: GenerationParams, sampling: SamplingParams,
                     generator: torch.Generator) -> Iterator[StepEvent]:
@@ -408,6 +423,24 @@ class DiffuSpec:
             vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids, prompt_ids=prompt_ids,
             draft_sampling=proposal_sampling, generator=generator,
         )
+
+
+class _SavingCosts:
+    """A request's ``DecodeState`` that, at its last step (before that event is delivered) or when withdrawn, has
+    the engine remember what it measured."""
+
+    def __init__(self, state: DecodeState, remember: Callable[[], None]) -> None:
+        self._state, self._remember = state, remember
+
+    def step(self) -> StepEvent:
+        event = self._state.step()
+        if event.finish_reason is not None:
+            self._remember()
+        return event
+
+    def close(self) -> None:
+        self._state.close()
+        self._remember()
 
 
 class _EventsDecoding:
