@@ -353,7 +353,7 @@ def run_benchmark(
     return {
         "machine": machine_description(engine),
         "settings": {"prompts": len(usable), "skipped_prompts": skipped, "max_new_tokens": max_new_tokens,
-                     "repeats": repeats,
+                     "repeats": repeats, "precision": engine.precision,
                      "prompts_per_category": dict(Counter(c for c, _ in usable)),
                      "engine_config": {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
                                        for k, v in engine.config.__dict__.items() if k != "mode"},  # per row
@@ -384,7 +384,7 @@ def machine_description(engine: DiffuSpec) -> str:
     if engine.device.type == "cuda":
         return f"{torch.cuda.get_device_name(engine.device)}, torch {torch.__version__}"
     return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
+            f"torch {torch.__version__}, target precision {engine.precision}")
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:

@@ -165,7 +165,7 @@ def _tune_target(args: argparse.Namespace) -> None:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     _require_positive(**{k: v for k, v in given.items() if isinstance(v, int)})
     recipe = TuningRecipe(**given)
-    models = load_models(args.target, device=args.device, dtype="float32")
+    models = load_models(args.target, device=args.device, dtype="float32", precision="none")  # trained
     metrics = tune_target(models.target, models.tokenizer, args.out, recipe, log=lambda line: print(line, flush=True))
     held = metrics["heldout"]
     print(json.dumps({k: held[k] for k in ("rag_grounded_share", "rag_degenerate_share", "tool_calls_right_share",
@@ -209,7 +209,8 @@ def _train_drafter(args: argparse.Namespace) -> None:
     if args.keep_layers:
         given["keep_layers"] = tuple(args.keep_layers)
     recipe = DrafterRecipe(**given, text=_text_recipe(args))
-    models = load_models(args.target, tuning=args.tuning, device=args.device, dtype="float32")
+    models = load_models(args.target, tuning=args.tuning, device=args.device, dtype="float32",
+                         precision="none")  # drafters are trained on the float target
     metrics = train_drafter(models.target, models.tokenizer, args.out, recipe, target_name=args.target,
                             work=args.work, log=lambda line: print(line, flush=True))
     print(json.dumps({"own_parameters": metrics["own_parameters"], "stored_bytes": metrics["stored_bytes"],

@@ -18,6 +18,7 @@ class LoadArgument:
     annotation: Any  # the type of the wrappers' field
     help: str
     switch: bool = False  # on the command line, a flag without a value
+    choices: tuple[str, ...] | None = None  # on the command line, the values it takes
 
 
 LOAD_ARGUMENTS: tuple[LoadArgument, ...] = (
@@ -29,6 +30,10 @@ LOAD_ARGUMENTS: tuple[LoadArgument, ...] = (
                  "Python; default: as transformers loads them)"),
     LoadArgument("device_map", str | dict[str, Any] | None, "accelerate's device map, e.g. 'auto', instead of a "
                  "device (a dict from Python)"),
+    LoadArgument("precision", str | None, "the target's kernels on a CPU: 'auto' (default: the preset's "
+                 "recommendation, else as loaded), 'none' (as loaded), 'float32' (packed float32 linears) or 'int8' "
+                 "(a row-exact int8 model; speculative decoding reproduces its own greedy output)",
+                 choices=("auto", "none", "float32", "int8")),
     LoadArgument("trust_remote_code", bool | None, "run model code that ships in the model's repository",
                  switch=True),
 )
@@ -58,7 +63,7 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
         if argument.switch:
             parser.add_argument(option, action="store_true", default=None, help=argument.help)
         else:
-            parser.add_argument(option, help=argument.help)
+            parser.add_argument(option, help=argument.help, choices=argument.choices)
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:

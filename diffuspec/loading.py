@@ -18,6 +18,7 @@ from .adapters.text_bridge import DrafterWithTokenizer, shares_vocabulary
 from .config import DiffuSpecError
 from .gguf import convert_gguf, gguf_path
 from .path_search import CorpusNGram
+from .precision import check_precision_device, checked_precision, prepare_target, resolved_precision
 from .presets import preset, registry_gemma
 from .tuning import apply_tuning, set_chat, template_text
 
@@ -38,6 +39,7 @@ class LoadedModels:
     ar_drafter: PreTrainedModel | DrafterWithTokenizer | None
     tokenizer: PreTrainedTokenizerBase
     cps_ngram: CorpusNGram | None = None
+    precision: str = "none"  # what the target was prepared with ("none", "float32", "int8"; ``precision.py``)
 
 
 def default_device() -> str:
@@ -197,6 +199,7 @@ def load_models(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    precision: str | None = "auto",
     trust_remote_code: bool = False,
     verbose: bool | None = None,
 ) -> LoadedModels:
@@ -205,10 +208,16 @@ def load_models(
     a GGUF file (``path.gguf``, or a folder with ``gguf_file=name``: converted once and cached); ``tuning`` a
     folder written by ``diffuspec tune-target``, applied to the target. A drafter whose tokenizer does not share
     the target's vocabulary comes back as a ``DrafterWithTokenizer`` (its drafts are translated through text).
-    Every failure is a ``DiffuSpecError``."""
+    ``precision`` swaps the target's kernels after loading and tuning (``precision.prepare_target``): "auto" is
+    the preset's recommendation on a CPU (int8 for Gemma 3 270M) and the model as loaded anywhere else, "none"
+    (or None) the model as loaded, "float32" or "int8" those kernels (CPU only). Every failure is a
+    ``DiffuSpecError``."""
     if target is None and (drafter is not None or ar_drafter is not None or tuning is not None):
         raise DiffuSpecError("a drafter or tuning was given without a target: pass target=... too")
     dtype = _checked_dtype(dtype)
+    precision = checked_precision(precision)
+    device = checked_device(device) if device_map is None else None
+    check_precision_device(precision, None if device is None else torch.device(device).type)
     chosen = preset(target)
     chat_template, end_of_turn = None, ()
     if chosen is not None:
@@ -224,7 +233,7 @@ def load_models(
     drafter, ar_drafter = (None if path is None else _converted(path, None, dtype) for path in (drafter, ar_drafter))
     paths = {role: _checked_path(path, role) for role, path in
              (("target", target), ("drafter", drafter), ("AR drafter", ar_drafter)) if path is not None}
-    load = dict(device=checked_device(device) if device_map is None else None, dtype=dtype,
+    load = dict(device=device, dtype=dtype,
                 device_map=device_map, trust_remote_code=trust_remote_code, verbose=verbose)
     tokenizer = _own_tokenizer(paths["target"], "target", verbose, trust_remote_code)
     if tokenizer is None:
@@ -236,6 +245,8 @@ def load_models(
             target_model = apply_tuning(target_model, tokenizer, tuning)
     elif chat_template is not None:
         set_chat(target_model, tokenizer, template_text(chat_template), end_of_turn)
+    applied = resolved_precision(precision, target_model, chosen.precision if chosen is not None else None)
+    prepare_target(target_model, applied)  # after the tuning is merged: its linears are the ones swapped
     drafters = {role: _pair(_load_model(path, role, **load), _own_tokenizer(path, role, verbose, trust_remote_code),
                             tokenizer)
                 for role, path in paths.items() if role != "target"}
@@ -246,6 +257,7 @@ def load_models(
         ar_drafter=drafters.get("AR drafter"),
         tokenizer=tokenizer,
         cps_ngram=_cps_ngram(drafter) if isinstance(drafter_model, PreTrainedModel) else None,
+        precision=applied or "none",
     )
 
 

@@ -64,6 +64,44 @@ def prepare_target(model: PreTrainedModel, precision: str | None = "float32") ->
     return model
 
 
+PRECISION_CHOICES = ("auto", "none", *PRECISIONS)  # the loading argument's values (``load_arguments.py``)
+
+
+def checked_precision(precision: str | None) -> str:
+    """The loading argument ``precision`` spelt as one of ``PRECISION_CHOICES`` (Python None: "none"), or a
+    DiffuSpecError naming them."""
+    if precision is None:
+        return "none"
+    if not isinstance(precision, str) or precision not in PRECISION_CHOICES:
+        raise DiffuSpecError(f"unknown precision {precision!r}: use one of "
+                             f"{', '.join(map(repr, PRECISION_CHOICES))} (None is 'none')")
+    return precision
+
+
+def check_precision_device(precision: str, device_type: str | None) -> None:
+    """Refuse (before loading anything) an explicit CPU precision with a target that will not be on the CPU;
+    ``device_type`` None: a device map places it, checked on the loaded weights instead."""
+    if precision in PRECISIONS and device_type not in (None, "cpu"):
+        raise DiffuSpecError(f"precision={precision!r} prepares the target for CPU kernels, but it loads on "
+                             f"{device_type!r}: pass precision='auto' or 'none' there (or device='cpu')")
+
+
+def resolved_precision(precision: str, model: PreTrainedModel, recommended: str | None) -> str | None:
+    """What ``prepare_target`` is given for the loading argument ``precision`` (checked) on the loaded ``model``:
+    "auto" is ``recommended`` (a preset's) where the target is a float32 model on the CPU and this torch build has
+    the kernels, else None (as loaded); "none" is None; the others stand."""
+    if precision == "none":
+        return None
+    if precision != "auto":
+        return precision
+    if recommended is None:
+        return None
+    weights = [m.weight for m in model.modules() if type(m) is nn.Linear]
+    _, available = _KERNELS[recommended]
+    on_cpu_float32 = bool(weights) and all(w.device.type == "cpu" and w.dtype == torch.float32 for w in weights)
+    return recommended if on_cpu_float32 and available() else None
+
+
 def target_precision(model: PreTrainedModel) -> str | None:
     """The precision ``prepare_target`` prepared ``model`` with (None: not prepared)."""
     return getattr(model, _MARK, None)

@@ -33,6 +33,7 @@ class Preset:
     tuning: Path | None = None  # a folder of ``diffuspec tune-target`` (adapter, chat template, end of turn)
     chat_template: str | None = None  # a template shipped in diffuspec/chat_templates (without a tuning)
     end_of_turn: tuple[str, ...] = ()
+    precision: str | None = None  # what ``precision="auto"`` prepares the target with on a CPU (``precision.py``)
 
 
 def _shipped(path: Path) -> Path | None:
@@ -41,9 +42,9 @@ def _shipped(path: Path) -> Path | None:
 
 PRESETS = {
     "gemma-3-270m": Preset("gemma-3-270m", "registry:gemma", drafter=_shipped(GEMMA_DIR / "drafter"),
-                           tuning=GEMMA_DIR / "tuning"),
+                           tuning=GEMMA_DIR / "tuning", precision="int8"),
     "gemma-3-270m-base": Preset("gemma-3-270m-base", "registry:gemma", drafter=_shipped(GEMMA_DIR / "drafter"),
-                                chat_template="gemma_tools", end_of_turn=("<end_of_turn>",)),
+                                chat_template="gemma_tools", end_of_turn=("<end_of_turn>",), precision="int8"),
     "tiny": Preset("tiny", str(DEMO_DIR / "target"), drafter=DEMO_DIR / "drafter", ar_drafter=DEMO_DIR / "ar_drafter"),
 }
 DEFAULT_PRESET = "gemma-3-270m"  # what every entry point loads when no target is given

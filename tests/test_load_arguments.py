@@ -32,3 +32,12 @@ def test_command_line_options_come_from_the_list():
     args = parser.parse_args(["--device", "cpu", "--trust-remote-code"])
     assert load_options(args) == {"device": "cpu", "trust_remote_code": True}
     assert set(vars(parser.parse_args([]))) == set(LOAD_ARGUMENT_NAMES)
+
+
+def test_precision_option_takes_its_choices_only(capsys):
+    parser = argparse.ArgumentParser()
+    add_load_options(parser)
+    assert load_options(parser.parse_args(["--precision", "int8"])) == {"precision": "int8"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "int4"])
+    assert "invalid choice" in capsys.readouterr().err

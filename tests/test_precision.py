@@ -3,14 +3,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import hf_greedy, make_target
+from tiny_models import MASK, _init, hf_greedy, make_target
 from torch import nn
 
 from diffuspec import ARDrafter, DiffuSpec, DiffuSpecConfig, DiffuSpecError
 from diffuspec.caches import new_cache, rollback
 from diffuspec.fast_linear import MIN_ROWS, PackedLinear, pad_rows
 from diffuspec.loop import _verify
-from diffuspec.precision import prepare_target, target_precision
+from diffuspec.adapters.block_drafter import block_drafter_from_target
+from diffuspec.loading import load_models
+from diffuspec.precision import (check_precision_device, checked_precision, prepare_target, resolved_precision,
+                                 target_precision)
+from diffuspec.presets import PRESETS
 from diffuspec.row_exact_attention import row_exact_attention, visible_keys
 from diffuspec.row_exact_int8 import RowExactInt8Linear, activation_levels, quantize_rows, quantize_weight
 
@@ -177,10 +181,12 @@ def test_int8_target_gives_a_token_the_same_logits_alone_or_in_a_block(tokenizer
     assert torch.equal(block, alone)  # bit for bit: a verification pass is 16 one-token steps
 
 
-@pytest.fixture(scope="module", params=["int8", "float32"])
+@pytest.fixture(scope="module", params=["auto", "float32"])
 def prepared_real_engine(request):
-    engine = DiffuSpec.from_pretrained("gemma-3-270m", device="cpu", config=DiffuSpecConfig(mode="ar"))
-    prepare_target(engine.target, request.param)
+    """The default preset on the CPU as loaded by default ("auto": its recommended int8), and packed float32."""
+    engine = DiffuSpec.from_pretrained("gemma-3-270m", device="cpu", precision=request.param,
+                                       config=DiffuSpecConfig(mode="ar"))
+    assert engine.precision == ("int8" if request.param == "auto" else request.param) == target_precision(engine.target)
     return engine
 
 
@@ -202,3 +208,72 @@ def test_real_target_prepared_stays_its_own_greedy_decoding(prepared_real_engine
     if target_precision(target) == "int8":
         block, alone = _block_and_alone(target, torch.tensor(prompts[1]), context=600, size=16)
         assert torch.equal(block, alone)
+
+
+# ----- precision as a loading argument -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_gemma_pair(tmp_path_factory, tokenizer):
+    """A tiny Gemma 3 (sliding layers, tied head) and a block drafter made for it, saved as load_models reads them."""
+    folder = tmp_path_factory.mktemp("pair")
+    target = make_target("gemma3", len(tokenizer))
+    drafter = block_drafter_from_target(target, [2], draft_ids=torch.arange(0, len(tokenizer), 2),
+                                        mask_token_id=MASK, block_size=5, copy=False, carry_state=True)
+    _init(drafter, 5, scale=0.3).save_pretrained(folder / "drafter")
+    target.save_pretrained(folder / "target")
+    tokenizer.save_pretrained(folder / "target")
+    return str(folder / "target"), str(folder / "drafter")
+
+
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_a_target_loaded_with_a_precision_keeps_its_block_drafter_lossless(saved_gemma_pair, tokenizer, precision):
+    """The block drafter borrows the prepared target's embedding, head rows and hidden states; speculative
+    decoding reproduces the prepared model's own greedy generate."""
+    engine = DiffuSpec.from_pretrained(*saved_gemma_pair, device="cpu", precision=precision,
+                                       config=DiffuSpecConfig(cps=False, draft_length=5))
+    assert engine.precision == target_precision(engine.target) == precision
+    assert not [m for m in engine.target.modules() if type(m) is nn.Linear]
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        out = engine.generate(ids, 30)
+        assert out.token_ids == hf_greedy(engine.target, ids, 30)
+        assert out.stats.steps < 30  # drafts were accepted: the drafter works on the prepared target
+
+
+def test_auto_and_none_load_the_target_as_it_is(saved_gemma_pair):
+    for precision in ("auto", "none", None):  # a path names no preset: "auto" keeps it as loaded
+        models = load_models(*saved_gemma_pair, device="cpu", precision=precision)
+        assert models.precision == "none" and target_precision(models.target) is None
+    assert load_models("tiny", device="cpu").precision == "none"  # the tiny preset recommends nothing
+
+
+def test_precision_values_are_checked_before_loading(saved_gemma_pair):
+    assert [checked_precision(p) for p in ("auto", "none", None, "float32", "int8")] == [
+        "auto", "none", "none", "float32", "int8"]
+    for bad in ("int4", "INT8", 8):
+        with pytest.raises(DiffuSpecError, match="unknown precision.*'auto', 'none', 'float32', 'int8'"):
+            load_models(*saved_gemma_pair, precision=bad)
+    with pytest.raises(DiffuSpecError, match="unknown precision 'fp16'"):
+        DiffuSpec.from_pretrained("tiny", precision="fp16")
+    for device in ("cuda", "mps"):
+        with pytest.raises(DiffuSpecError, match=f"precision='int8' prepares the target for CPU kernels.*{device}"):
+            check_precision_device("int8", device)
+        check_precision_device("auto", device)
+        check_precision_device("none", device)
+    check_precision_device("float32", "cpu")
+    with pytest.raises(DiffuSpecError, match="dtype=torch.float32"):
+        load_models(*saved_gemma_pair, device="cpu", dtype="bfloat16", precision="int8")
+
+
+def test_auto_is_the_presets_recommendation_on_a_float32_cpu_target(tokenizer):
+    assert PRESETS["gemma-3-270m"].precision == PRESETS["gemma-3-270m-base"].precision == "int8"
+    assert PRESETS["tiny"].precision is None
+    model = _tiny_gemma(tokenizer)
+    assert resolved_precision("auto", model, "int8") == "int8"
+    assert resolved_precision("auto", model, "float32") == "float32"
+    assert resolved_precision("auto", model, None) is None  # no preset, or one recommending nothing
+    assert resolved_precision("none", model, "int8") is None
+    assert resolved_precision("float32", model, None) == "float32"
+    assert resolved_precision("auto", _tiny_gemma(tokenizer).to(torch.bfloat16), "int8") is None
+    assert resolved_precision("auto", _tiny_gemma(tokenizer).to("meta"), "int8") is None  # not on the CPU

@@ -39,7 +39,7 @@ def align(
     from ..loading import load_models
     from ..pairing import resolve_logits_shift, resolve_mask_token, vocab_size
 
-    models = load_models(target_path, drafter_path, device=device)
+    models = load_models(target_path, drafter_path, device=device, precision="none")
     if not isinstance(models.drafter, torch.nn.Module):  # a DrafterWithTokenizer: it drafts through text
         raise DiffuSpecError(f"the drafter at {drafter_path} has another tokenizer than the target: alignment "
                              "trains on the target's token ids, so it needs a drafter sharing its vocabulary")

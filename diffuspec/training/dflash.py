@@ -108,7 +108,7 @@ def train_dflash(target_dir: str | Path, out_dir: str | Path, recipe: DFlashReci
     started = time.time()
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
-    models = load_models(str(target_dir), tuning=tuning, device=device, dtype=torch.float32)
+    models = load_models(str(target_dir), tuning=tuning, device=device, dtype=torch.float32, precision="none")
     target, tokenizer = models.target.eval().requires_grad_(False), models.tokenizer
     mask = mask_token_of(tokenizer)
     n_layers = target.config.get_text_config().num_hidden_layers
