@@ -125,8 +125,8 @@ class DiffuSpec:
         **load: Any,
     ) -> DiffuSpec:
         """Load a pair by hub id or local path (or a preset name); with no ``target``, the default model.
-        ``load`` holds the loading arguments, listed in ``load_arguments.LOAD_ARGUMENTS``: device, dtype,
-        device_map, trust_remote_code."""
+        ``load`` holds the loading arguments, listed in ``load_arguments.LOAD_ARGUMENTS``: tuning, gguf_file,
+        device, dtype, device_map, precision (the target's kernels on a CPU: ``precision.py``), trust_remote_code."""
         from .loading import load_models
 
         models = load_models(target, drafter, ar_drafter=ar_drafter, **checked_load_arguments("from_pretrained", load))
