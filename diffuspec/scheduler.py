@@ -7,14 +7,21 @@ thread only.
 
 Each round of the worker holds every running request between two steps: where a batched verification of
 several requests in one target pass would go.
+
+At interpreter exit (``atexit``) every scheduler still alive is closed: its requests are cancelled and its worker,
+a daemon thread, is given a few seconds to finish its current step and leave, so that it is never frozen inside
+torch while the interpreter tears down (which aborts the process: "terminate called without an active
+exception"). Schedulers are tracked weakly: an engine nobody holds is still garbage-collected.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +33,22 @@ from .events import StepEvent
 
 _ids = itertools.count(1)
 logger = logging.getLogger(__name__)
+EXIT_JOIN_SECONDS = 5.0  # how long, at interpreter exit, the workers get to finish their current step
+_alive: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def close_all(timeout: float = EXIT_JOIN_SECONDS) -> None:
+    """Close every scheduler still alive without a grace period (cancelling what runs or waits) and join their
+    workers for up to ``timeout`` seconds in all. Run at interpreter exit."""
+    schedulers = list(_alive)
+    for scheduler in schedulers:
+        scheduler._stop()
+    deadline = time.monotonic() + timeout
+    for scheduler in schedulers:
+        worker = scheduler._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(max(0.0, deadline - time.monotonic()))
 
 
 class Decoding(Protocol):
@@ -114,6 +137,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._worker: threading.Thread | None = None
         self._closed = False
+        _alive.add(self)
 
     # ----- what callers and monitors see ------------------------------------------------------------------
 
@@ -167,15 +191,21 @@ class Scheduler:
         with self._lock:
             self._closed = True
         if not self.wait_idle(grace_seconds):
-            stop = EngineClosed("the engine shut down before this request finished")
-            with self._lock:
-                left = [*self._waiting, *self._running]
-            for request in left:
-                request.outbox.put(stop)
-                self.cancel(request)
+            self._stop()
         worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=max(grace_seconds, 1.0))
+
+    def _stop(self) -> None:
+        """Take no new requests and cancel every waiting and running one, telling its consumer."""
+        stop = EngineClosed("the engine shut down before this request finished")
+        with self._lock:
+            self._closed = True
+            left = [*self._waiting, *self._running]
+        for request in left:
+            if not (request.done or request.cancelled):
+                request.outbox.put(stop)
+            self.cancel(request)
 
     # ----- the worker ------------------------------------------------------------------------------------
 

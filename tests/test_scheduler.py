@@ -5,7 +5,12 @@ decodings make the order of events exact; the engine tests at the end run the re
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
+import textwrap
 import threading
+import weakref
 
 import pytest
 
@@ -13,7 +18,7 @@ from diffuspec import DiffuSpec, DiffuSpecConfig
 from diffuspec.aio import Outbox
 from diffuspec.errors import DiffuSpecError, EngineOverloaded
 from diffuspec.events import Generation, StepEvent
-from diffuspec.scheduler import Request, Scheduler
+from diffuspec.scheduler import Request, Scheduler, _alive, close_all
 from diffuspec.stats import DecodingStats
 
 WAIT = 30  # seconds: a bound for a hang, never a timing
@@ -193,6 +198,67 @@ def test_closing_cancels_what_is_left_and_tells_its_consumers():
         texts(running)
     with pytest.raises(DiffuSpecError, match="takes no new requests"):
         scheduler.submit(request(Scripted("c", 1, log)))
+
+
+def test_close_all_cancels_and_joins_every_worker():
+    log, gate, scheduler = [], threading.Semaphore(0), Scheduler(max_running=1)
+    running, waiting = request(Scripted("a", 100, log, gate)), request(Scripted("b", 1, log))
+    scheduler.submit(running)
+    scheduler.submit(waiting)
+    worker = scheduler._worker
+    closer = threading.Thread(target=close_all, args=(WAIT,))
+    closer.start()
+    for _ in range(3):
+        gate.release()  # the step in progress finishes; at most one more is taken before the cancel lands
+    closer.join(WAIT)
+    assert not worker.is_alive() and scheduler.idle and len(log) <= 2
+    with pytest.raises(DiffuSpecError, match="shut down"):
+        texts(waiting)
+
+
+def test_schedulers_are_held_weakly():
+    scheduler = Scheduler()
+    held = weakref.ref(scheduler)
+    assert scheduler in _alive
+    del scheduler
+    gc.collect()
+    assert held() is None
+
+
+def test_the_interpreter_exits_cleanly_while_a_request_runs():
+    """A request still decoding when the main thread ends: it is cancelled and the worker joined at exit (a
+    daemon thread frozen inside torch would abort the process: "terminate called without an active exception")."""
+    script = textwrap.dedent("""
+        import atexit, threading
+        atexit.register(lambda: print("workers left:", sum(t.name == "diffuspec-scheduler" and t.is_alive()
+                                                           for t in threading.enumerate()), flush=True))
+        import time
+        from dataclasses import replace
+        from diffuspec import DiffuSpec
+
+        class Endless:  # the model's steps, then empty ones: never finishes by itself
+            def __init__(self, decoding):
+                self.decoding, self.last = decoding, None
+            def step(self):
+                if self.last is None or self.last.finish_reason is None:
+                    self.last = self.decoding.step()
+                    return replace(self.last, finish_reason=None)
+                time.sleep(0.01)
+                return replace(self.last, text="", token_ids=(), finish_reason=None)
+            def close(self):
+                self.decoding.close()
+
+        engine = DiffuSpec.from_pretrained("tiny", device="cpu")
+        start = engine._start
+        engine._start = lambda ids, params: Endless(start(ids, params))
+        request = engine.submit("def f(x):", max_new_tokens=64)
+        request.outbox.get()
+        print("running", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "running" in done.stdout and "workers left: 0" in done.stdout
+    assert "terminate called" not in done.stderr
 
 
 @pytest.mark.parametrize("bad", [dict(max_running=0), dict(max_running=True), dict(max_waiting=-1)])
