@@ -15,6 +15,8 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, Runn
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.json import parse_json_markdown
 from pydantic import BaseModel, ValidationError
+from pydantic.v1 import BaseModel as BaseModelV1
+from pydantic.v1 import ValidationError as ValidationErrorV1
 
 from diffuspec.errors import DiffuSpecError
 
@@ -22,10 +24,11 @@ METHODS = ("function_calling", "json_schema", "json_mode")
 
 
 def _validated(schema: Any, data: Any, message: AIMessage) -> Any:
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
+    """An instance of ``schema`` when it is a pydantic class (v2, or v1 from ``pydantic.v1``), else ``data``."""
+    if isinstance(schema, type) and issubclass(schema, (BaseModel, BaseModelV1)):
         try:
-            return schema.model_validate(data)
-        except ValidationError as e:
+            return schema.model_validate(data) if issubclass(schema, BaseModel) else schema.parse_obj(data)
+        except (ValidationError, ValidationErrorV1) as e:
             raise OutputParserException(f"the answer does not fit {schema.__name__}: {e}",
                                         llm_output=message.text) from e
     return data  # a JSON schema or TypedDict: the dict itself, as LangChain returns it

@@ -13,6 +13,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_diffuspec import STEP_EVENT, ChatDiffuSpec
 from langchain_diffuspec.chat_models import to_chat_dicts
 from pydantic import BaseModel
+from pydantic.v1 import BaseModel as BaseModelV1
 
 from diffuspec import DiffuSpecError
 from diffuspec.chat import forced_call_prefix, format_chat
@@ -45,6 +46,13 @@ def negate(x: int) -> int:
 
 class Point(BaseModel):
     """A point in the plane."""
+
+    x: int
+    y: int
+
+
+class PointV1(BaseModelV1):
+    """A point in the plane (pydantic v1)."""
 
     x: int
     y: int
@@ -306,6 +314,17 @@ def test_structured_output_through_a_tool_call(scripted):
     _, chat = scripted('{"x": 1, "y": 2}}</tool_call>')  # after the forced call's opening, in the prompt
     assert chat.with_structured_output(Point).invoke("a point") == Point(x=1, y=2)
     assert chat.with_structured_output(Point.model_json_schema()).invoke("a point") == {"x": 1, "y": 2}
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+def test_structured_output_in_a_pydantic_v1_class_is_an_instance(scripted, method):
+    answer = '{"x": 5, "y": 6}}</tool_call>' if method == "function_calling" else '{"x": 5, "y": 6}'
+    _, chat = scripted(answer)
+    parsed = chat.with_structured_output(PointV1, method=method).invoke("a point")
+    assert isinstance(parsed, PointV1) and (parsed.x, parsed.y) == (5, 6)
+    _, chat = scripted(answer.replace("5", '"far"'))
+    with pytest.raises(OutputParserException, match="does not fit PointV1"):
+        chat.with_structured_output(PointV1, method=method).invoke("a point")
 
 
 @pytest.mark.parametrize("method", ["json_schema", "json_mode"])
