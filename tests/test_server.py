@@ -49,6 +49,22 @@ def test_models_lists_the_served_model(client, engine):
     assert [m.id for m in models] == ["tiny"] and models[0].model_extra["max_model_len"] == engine.context_window
 
 
+def test_the_served_name_is_the_presets_or_the_model_folders(tmp_path, monkeypatch):
+    from diffuspec import presets
+    from diffuspec.server.options import served_model_name
+
+    monkeypatch.setattr(presets, "DEFAULT_PRESET", "gemma-3-270m")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (tmp_path / "small.Q8_0.gguf").write_bytes(b"")
+    assert served_model_name(None, None) == "gemma-3-270m"
+    assert served_model_name(None, "tiny") == "tiny"
+    assert served_model_name(None, str(folder) + "/") == "my-model"
+    assert served_model_name(None, str(tmp_path / "small.Q8_0.gguf")) == "small.Q8_0"
+    assert served_model_name(None, "google/gemma-3-270m-it") == "google/gemma-3-270m-it"  # a hub id, as given
+    assert served_model_name("mine", "tiny") == "mine"
+
+
 def test_chat_answer_is_the_engines_greedy_answer(client, engine):
     response = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0)
     expected = engine.generate(format_chat(engine.tokenizer, MESSAGES), max_new_tokens=24)

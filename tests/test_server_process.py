@@ -61,13 +61,18 @@ def metric(url: str, name: str, **labels: str) -> float:
 def test_sigterm_drains_and_stops():
     process, url = start_server("--shutdown-grace", "2")
     try:
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["tiny"]  # the preset's name
+        other = httpx.post(f"{url}/v1/completions", json={"model": "gpt-4o", "prompt": "x"})
+        assert other.status_code == 404 and "serves 'tiny'" in other.json()["error"]["message"]
         body = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "stream": True}
         with httpx.Client(timeout=WAIT) as http, http.stream("POST", f"{url}/v1/completions", json=body) as stream:
             lines = stream.iter_lines()
             assert next(line for line in lines if line.startswith("data: {"))  # generating
             process.send_signal(signal.SIGTERM)
+            told = time.monotonic()
             rest = list(lines)  # the stream ends: finished within the grace, or cut after it
         assert process.wait(timeout=WAIT) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        assert time.monotonic() - told < 2 + 20  # the grace, then seconds (a bound for a busy machine)
         assert "data: [DONE]" in rest  # finished within the grace, or cut after it with an error event: whole
         assert all("error" not in line for line in rest) or any("shut down" in line for line in rest)
         with pytest.raises(httpx.ConnectError):

@@ -25,7 +25,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port (printed at start)")
-    parser.add_argument("--served-model-name", help="the model name clients send (default: the target as given)")
+    parser.add_argument("--served-model-name", help="the model name clients send and /v1/models lists (default: the preset's name, "
+                        "e.g. gemma-3-270m or tiny, else the model folder's or file's name, else the hub id)")
     parser.add_argument("--max-running", type=int, default=1,
                         help="requests decoded at once per engine, a step each in turn")
     parser.add_argument("--max-waiting", type=int, default=256,
@@ -54,6 +55,25 @@ def add_bench_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompts", help="prompt file (text or JSON lines; default: the demo pair's chat prompts)")
     parser.add_argument("--out", default="bench-results/serve")
+
+
+def served_model_name(given: str | None, target: str | None) -> str:
+    """The name the server answers to: ``given``, else the preset's name (the default preset's without a
+    target), else a local model's folder name (a file's name less its suffix, e.g. a GGUF), else the hub id."""
+    import os
+    from pathlib import Path
+
+    from .. import presets
+
+    if given:
+        return given
+    if target is None or target in presets.PRESETS:
+        return target or presets.DEFAULT_PRESET
+    path = Path(os.path.expanduser(target))
+    if path.exists():
+        path = path.resolve()
+        return (path.stem if path.is_file() else path.name) or target
+    return target
 
 
 def engine_arguments(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import DiffuSpecError
 from ..events import StepEvent
 from ..params import GenerationParams
-from .options import engine_arguments
+from .options import engine_arguments, served_model_name
 from .protocol import APIError
 
 try:
@@ -47,8 +47,7 @@ def _deployments():
 
         def facts(self) -> dict[str, Any]:
             e = self.engine
-            return {"tokenizer": e.tokenizer, "context_window": e.context_window, "vocab_size": e.vocab_size,
-                    "target": getattr(e.target, "name_or_path", "") or "diffuspec"}
+            return {"tokenizer": e.tokenizer, "context_window": e.context_window, "vocab_size": e.vocab_size}
 
         async def generate(self, prompt_ids: list[int], params: GenerationParams) -> AsyncIterator[tuple[str, Any]]:
             request = self.engine.submit(prompt_ids, params=params, loop=asyncio.get_running_loop())
@@ -61,10 +60,10 @@ def _deployments():
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     @serve.ingress()
     class Router:
-        async def __init__(self, replicas: Any, model_name: str | None, settings: dict[str, Any]) -> None:
+        async def __init__(self, replicas: Any, model_name: str, settings: dict[str, Any]) -> None:
             facts = await replicas.facts.remote()
             self.backend = ReplicaBackend(replicas, facts)
-            self.model_name, self.settings = model_name or facts["target"], settings
+            self.model_name, self.settings = model_name, settings
 
         def __serve_build_asgi_app__(self):
             from .app import create_app
@@ -139,7 +138,7 @@ def serve_replicas(args: argparse.Namespace) -> None:
             graceful_shutdown_timeout_s=args.shutdown_grace,
         ).bind(engine_arguments(args), max(1, int(args.replica_cpus)))
         app = Router.options(graceful_shutdown_timeout_s=args.shutdown_grace).bind(
-            replicas, args.served_model_name or args.target, settings)
+            replicas, served_model_name(args.served_model_name, args.target), settings)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="diffuspec", route_prefix="/", blocking=False)
         print(f"diffuspec: serving on http://{args.host}:{args.port}/v1 with {args.replicas} Ray Serve replicas",

@@ -12,8 +12,7 @@ import threading
 import uvicorn
 
 from ..errors import DiffuSpecError
-from ..integration import display_name
-from .options import engine_arguments
+from .options import engine_arguments, served_model_name
 
 CUT_OFF_MARGIN = 10.0  # seconds uvicorn waits beyond the engine's grace before it drops connections
 
@@ -50,7 +49,7 @@ def serve_one(args: argparse.Namespace) -> None:
 
     listener = bound_socket(args.host, args.port)  # before loading: a taken port fails at once
     engine = DiffuSpec.from_pretrained(**engine_arguments(args))
-    name = display_name(args.served_model_name, args.target, engine)
+    name = served_model_name(args.served_model_name, args.target)
     app = create_app(EngineBackend(engine), name, max_request_bytes=args.max_request_bytes,
                      shutdown_grace=args.shutdown_grace)
     config = uvicorn.Config(app, log_level=args.log_level, lifespan="on",
