@@ -15,7 +15,8 @@ from .errors import DiffuSpecError
 from .load_arguments import LOAD_ALIASES, LOAD_ARGUMENT_NAMES
 from .params import GenerationParams
 
-CALL_ARGUMENTS = (*GenerationParams.names(), "max_tokens")  # per-call overrides; max_tokens as LangChain spells it
+# per-call overrides; max_tokens and stop_sequences as OpenAI/LangChain and Hugging Face/Anthropic spell them
+CALL_ARGUMENTS = (*GenerationParams.names(), "max_tokens", "stop_sequences")
 ANSWER_TOKENS = 256  # the default answer length: at most this, and at most a quarter of the context window
 
 
@@ -53,10 +54,14 @@ def call_params(
     """``base`` with a call's ``overrides`` (unknown names refused, values checked by GenerationParams);
     stop strings of the base, the ``stop`` argument and the overrides all apply."""
     refuse_unknown(f"{owner} call", overrides, CALL_ARGUMENTS)
-    if "max_tokens" in overrides and "max_new_tokens" in overrides:
-        raise DiffuSpecError("max_tokens and max_new_tokens are one argument: pass one")
-    changes = {("max_new_tokens" if k == "max_tokens" else k): v for k, v in overrides.items() if k != "stop"}
-    return GenerationParams.of(base, **changes).merged_stop(stop).merged_stop(overrides.get("stop"))
+    given = {*overrides, *(["stop"] if stop is not None else [])}
+    for one, other in (("max_tokens", "max_new_tokens"), ("stop", "stop_sequences")):
+        if one in given and other in given:
+            raise DiffuSpecError(f"{one} and {other} are one argument: pass one")
+    changes = {("max_new_tokens" if k == "max_tokens" else k): v for k, v in overrides.items()
+               if k not in ("stop", "stop_sequences")}
+    call_stop = overrides.get("stop", overrides.get("stop_sequences"))
+    return GenerationParams.of(base, **changes).merged_stop(stop).merged_stop(call_stop)
 
 
 def load_arguments(model_kwargs: Mapping[str, Any] | None = None, **explicit: Any) -> dict[str, Any]:

@@ -41,6 +41,28 @@ def test_bad_constructor_arguments_are_refused(cls, kwargs, error):
         cls(**kwargs)
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_openai_and_hugging_face_spellings_are_one_argument(cls):
+    """max_tokens/max_new_tokens, stop/stop_sequences and seed, in the constructor and per call."""
+    hf = cls(target="tiny", max_new_tokens=7, stop_sequences=["\n"], seed=5, temperature=0.8)
+    openai = cls(target="tiny", max_tokens=7, stop=["\n"], seed=5, temperature=0.8)
+    assert hf.generation_params() == openai.generation_params()
+    params = hf.generation_params()
+    assert (params.max_new_tokens, params.stop, params.seed) == (7, ("\n",), 5)
+    per_call = [hf.generation_params(max_tokens=3, stop_sequences=["x"], seed=1),
+                hf.generation_params(max_new_tokens=3, stop=["x"], seed=1)]
+    assert per_call[0] == per_call[1] and per_call[0].stop == ("\n", "x") and per_call[0].seed == 1
+    for twice in ({"max_tokens": 3, "max_new_tokens": 3}, {"stop": ["a"], "stop_sequences": ["b"]}):
+        with pytest.raises(DiffuSpecError, match="one argument"):
+            hf.generation_params(**twice)
+    with pytest.raises(DiffuSpecError, match="unknown argument.*stop_words"):
+        hf.generation_params(stop_words=["x"])
+    with pytest.raises(DiffuSpecError, match="unknown argument.*max_length"):
+        cls(target="tiny", max_length=5)
+    answers = [hf.invoke(PROMPT, stop_sequences=["("]), openai.invoke(PROMPT, stop=["("])]
+    assert len({getattr(a, "content", a) for a in answers}) == 1  # seeded sampling: the same answer
+
+
 def test_engine_and_model_arguments_do_not_mix():
     engine = ChatDiffuSpec().get_engine()
     with pytest.raises(DiffuSpecError, match="engine= already holds loaded models, so target, dtype"):

@@ -140,6 +140,21 @@ def test_per_call_overrides_are_checked(llm):
         asyncio.run(llm.acomplete(PROMPT, do_sample=True))
 
 
+def test_openai_and_hugging_face_spellings_are_one_argument():
+    """max_tokens/max_new_tokens, stop/stop_sequences and seed, in the constructor and per call."""
+    hf = DiffuSpecLLM(max_new_tokens=7, stop_sequences=["\n"], seed=5, temperature=0.8)
+    openai = DiffuSpecLLM(max_tokens=7, stop=["\n"], seed=5, temperature=0.8)
+    assert hf.generation_params() == openai.generation_params()
+    assert (hf.generation_params().max_new_tokens, hf.generation_params().stop) == (7, ("\n",))
+    assert hf.generation_params(max_tokens=3, stop_sequences=["x"], seed=1) == \
+        hf.generation_params(max_new_tokens=3, stop=["x"], seed=1)
+    with pytest.raises(DiffuSpecError, match="one argument"):
+        DiffuSpecLLM(max_tokens=3, max_new_tokens=3)
+    with pytest.raises(DiffuSpecError, match="unknown argument.*stop_words"):
+        hf.complete(PROMPT, stop_words=["x"])
+    assert hf.complete(PROMPT, stop_sequences=["("]).text == openai.complete(PROMPT, stop=["("]).text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
