@@ -140,7 +140,7 @@ def test_sixteen_concurrent_clients_each_get_their_own_answer(server):
     (b"[1, 2]", 400, None, "must be a JSON object"),
     ({"model": "gpt-4o", "prompt": "x"}, 404, "model", "does not exist here"),
     ({"prompt": "x"}, 400, "model", "model is missing"),
-    ({"model": "tiny", "prompt": "x " * 600}, 400, "messages", "context window is 512"),
+    ({"model": "tiny", "prompt": "x " * 600}, 400, "prompt", "context window is 512"),
     ({"model": "tiny", "prompt": "x", "n": 2}, 400, "n", "n=2 is not supported"),
     ({"model": "tiny", "prompt": "x", "logprobs": 3}, 400, "logprobs", "not returned"),
     ({"model": "tiny", "prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty", "not supported"),
@@ -162,11 +162,14 @@ def test_bad_completion_requests_get_clear_errors(server, body, status, param, m
 
 @pytest.mark.parametrize(("changes", "param", "message"), [
     ({"messages": []}, "messages", "non-empty list"),
+    ({"messages": [{"role": "user", "content": "x " * 600}]}, "messages", "context window is 512"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]", "unknown chat role 'robot'"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content", "only text parts"),
     ({"messages": [{"role": "user", "content": "x", "mood": "happy"}]}, "messages[0]", "unknown field(s) mood"),
     ({"logprobs": True}, "logprobs", "not returned"),
+    ({"n": 3}, "n", "n=3 is not supported"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
     ({"parallel_tool_calls": False}, "parallel_tool_calls", "cannot be limited to one"),
     ({"tool_choice": "required"}, None, "needs tools"),
     ({"response_format": {"type": "xml"}}, None, "response_format"),

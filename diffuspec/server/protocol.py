@@ -149,11 +149,12 @@ def _common(body: Mapping[str, Any], served: str, context_window: int) -> dict[s
     return {"model": model, "params": params, "stream": stream, "include_usage": bool(options.get("include_usage"))}
 
 
-def check_prompt_length(prompt_ids: list[int], context_window: int) -> None:
+def check_prompt_length(prompt_ids: list[int], context_window: int, param: str) -> None:
+    """A 400 naming ``param`` (the field holding the prompt) when the prompt leaves no room to answer."""
     if len(prompt_ids) >= context_window:
         raise APIError(400, f"the prompt has {len(prompt_ids)} tokens but the model's context window is "
                        f"{context_window}: shorten it to at most {context_window - 1} tokens",
-                       param="messages", code="context_length_exceeded")
+                       param=param, code="context_length_exceeded")
 
 
 def _text(content: Any, where: str) -> str:
@@ -228,7 +229,7 @@ def chat_call(body: Any, served: str, tokenizer: Any, context_window: int) -> Ca
         turn = prepare_turn(tokenizer, messages, spec, body.get("response_format"))
     except DiffuSpecError as error:
         raise APIError(400, str(error)) from None
-    check_prompt_length(turn.prompt_ids, context_window)
+    check_prompt_length(turn.prompt_ids, context_window, "messages")
     return Call("chat", prompt_ids=turn.prompt_ids, turn=turn, **common)
 
 
@@ -251,7 +252,7 @@ def completion_call(body: Any, served: str, tokenizer: Any, context_window: int,
                        code="unsupported_parameter")
     else:
         raise APIError(400, "prompt must be a non-empty string or a non-empty list of token ids", param="prompt")
-    check_prompt_length(ids, context_window)
+    check_prompt_length(ids, context_window, "prompt")
     return Call("completion", prompt_ids=ids, **common)
 
 
