@@ -304,7 +304,7 @@ class Conversation:
     """Messages (the last one the assistant's, the part that is learnt and evaluated), optional tools and
     ``tool_choice``, and what an evaluation checks: the context a RAG answer must reuse, the call expected."""
 
-    kind: str  # chat | code | rag | tool | tool_answer | structured
+    kind: str  # chat | code | rag | tool | tool_answer | structured | task | json
     messages: list[dict]
     tools: list[dict] | None = None
     tool_choice: str | None = None
