@@ -232,26 +232,23 @@ def test_the_interpreter_exits_cleanly_while_a_request_runs():
         import atexit, threading
         atexit.register(lambda: print("workers left:", sum(t.name == "diffuspec-scheduler" and t.is_alive()
                                                            for t in threading.enumerate()), flush=True))
-        import time
-        from dataclasses import replace
-        from diffuspec import DiffuSpec
+        import torch
+        from diffuspec.aio import Outbox
+        from diffuspec.events import StepEvent
+        from diffuspec.scheduler import Request, Scheduler
+        from diffuspec.stats import DecodingStats
 
-        class Endless:  # the model's steps, then empty ones: never finishes by itself
-            def __init__(self, decoding):
-                self.decoding, self.last = decoding, None
+        class Endless:  # a decoding inside torch that never finishes by itself
             def step(self):
-                if self.last is None or self.last.finish_reason is None:
-                    self.last = self.decoding.step()
-                    return replace(self.last, finish_reason=None)
-                time.sleep(0.01)
-                return replace(self.last, text="", token_ids=(), finish_reason=None)
+                x = torch.randn(512, 512)
+                for _ in range(20):
+                    x = torch.tanh(x @ x)
+                return StepEvent("", (), 0, 0, DecodingStats(), None)
             def close(self):
-                self.decoding.close()
+                pass
 
-        engine = DiffuSpec.from_pretrained("tiny", device="cpu")
-        start = engine._start
-        engine._start = lambda ids, params: Endless(start(ids, params))
-        request = engine.submit("def f(x):", max_new_tokens=64)
+        request = Request(Endless, Outbox(), [1])
+        Scheduler(context=torch.inference_mode).submit(request)
         request.outbox.get()
         print("running", flush=True)
     """)
