@@ -29,8 +29,9 @@ from .engine import DiffuSpec
 from .stats import PHASES, DecodingStats, repeated_ngram_share
 
 # What each row's output must equal (None: speed only, a different numeric path); every other row: "ar".
+GENERATE_AS_LOADED = "hf-generate-as-loaded"  # ``generate`` on the target without the precision's kernels
 REFERENCES: dict[str, str | None] = {"dlm": "dlm", "spiffy": "dlm", "llamacpp-ar": None,
-                                     "llamacpp-prompt-lookup": None}
+                                     "llamacpp-prompt-lookup": None, GENERATE_AS_LOADED: None}
 GENERATE = "hf-generate"  # transformers' own greedy ``generate``: what a HuggingFacePipeline runs
 LOSSLESS_NOTE = ("every row but the speed-only ones is greedy and checked token for token against target-only "
                  "AR decoding (ar) of the same prompt (dlm and spiffy against dlm, the diffusion model's own sampler)")
@@ -107,9 +108,10 @@ def engine_runner(engine: DiffuSpec, mode: str) -> Runner:
     return run
 
 
-def transformers_runner(engine: DiffuSpec, **generate_kwargs: Any) -> Runner:
-    """transformers' own ``generate`` on the same target (plain greedy, assisted generation, prompt lookup)."""
-    target = engine.target
+def transformers_runner(engine: DiffuSpec, target: torch.nn.Module | None = None, **generate_kwargs: Any) -> Runner:
+    """transformers' own ``generate`` on the same target (plain greedy, assisted generation, prompt lookup), or on
+    ``target``: the same model loaded without the engine's precision kernels."""
+    target = engine.target if target is None else target
     eos = sorted(engine.eos_token_ids)
 
     @torch.inference_mode()

@@ -273,8 +273,9 @@ def _bench_prompts(args: argparse.Namespace) -> list:
 def _bench(args: argparse.Namespace) -> None:
     import torch
 
-    from .bench import (PLOTS_HINT, core_methods, dflash_methods, dlm_methods, llamacpp_methods, markdown_table,
-                        reference_of, run_benchmark, sweep_methods, target_gguf, write_results)
+    from .bench import (GENERATE_AS_LOADED, PLOTS_HINT, core_methods, dflash_methods, dlm_methods, llamacpp_methods,
+                        markdown_table, reference_of, run_benchmark, sweep_methods, target_gguf, transformers_runner,
+                        write_results)
     from .loading import EMBEDDED_DIR
     from .presets import preset
 
@@ -290,6 +291,12 @@ def _bench(args: argparse.Namespace) -> None:
     dflash_dir = args.dflash or (embedded_dflash if tiny and (embedded_dflash / "config.json").exists() else None)
     if dflash_dir is not None:
         core |= dflash_methods(engine, _load_dflash(str(dflash_dir), engine.device))
+    prepared = engine.precision != "none"
+    if prepared and (not args.methods or GENERATE_AS_LOADED in args.methods):  # generate without our kernels
+        from .loading import load_models
+
+        plain = load_models(args.target, **{**load_options(args), "precision": "none"}).target
+        core[GENERATE_AS_LOADED] = transformers_runner(engine, plain)
     if args.llamacpp:
         gguf = target_gguf(args.target) if args.llamacpp == "target" else args.llamacpp
         longest = max(len(p.token_ids(engine.tokenizer)) for p in prompts)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from diffuspec import DiffuSpec
-from diffuspec.bench import GENERATE, core_methods, default_methods, engine_runner, run_benchmark, write_results
+from diffuspec.bench import GENERATE, GENERATE_AS_LOADED, core_methods, default_methods, engine_runner, run_benchmark, write_results
 from diffuspec.bench_prompts import (CODE_REQUEST, BenchPrompt, chat_set, per_category, prompt_set, spec_bench,
                                      text_set)
 from diffuspec.chat import format_chat
@@ -111,6 +111,16 @@ def test_the_bench_command_runs_end_to_end_without_matplotlib(saved_target, tmp_
     assert [r["method"] for r in results["methods"]] == ["ar", "prompt-lookup", GENERATE]  # the reference first
     assert results["settings"]["arguments"]["target"] == str(saved_target)
     assert len((out / "runs.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_prepared_target_is_timed_beside_generate_on_the_target_as_loaded(saved_target, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["bench", "--target", str(saved_target), "--prompts", str(saved_target / "prompts.txt"), "--precision",
+            "float32", "--methods", GENERATE_AS_LOADED, "--max-new-tokens", "6", "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["method"]: r["check"] for r in results["methods"]} == {GENERATE_AS_LOADED: "speed only"}
+    assert results["settings"]["precision"] == "float32"
 
 
 def test_bench_options_are_checked_before_loading(tmp_path, capsys):
