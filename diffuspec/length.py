@@ -14,7 +14,8 @@ token i is accepted given tokens 0..i-1 were, a draft of k tokens commits on ave
 
 and a step costs T(k) = draft(k) + search(k) + verify(k + 1) + other, each measured on the running machine
 (verification calibrated once per engine, then every term followed online). The policy drafts the k in
-[k_min, k_max] with the largest E(k) / T(k); under greedy decoding it also compares the path-search path with
+[k_min, k_max] with the largest E(k) / T(k), or nothing (a plain one-token step, E = 1, T = verify(1) + other)
+when that earns more, drafting again every ``probe_every`` steps to follow the acceptance; under greedy decoding it also compares the path-search path with
 the drafter's argmax path (whose acceptance is known for free from every verification: see
 ``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
 where each verified token costs time.
@@ -307,20 +308,27 @@ class CostAwarePolicy(LengthPolicy):
     def _alphas(self, search: bool) -> list[float]:
         return (self.searched if search else self.argmax).alphas()
 
+    def plain_step_rate(self) -> float:
+        """Tokens per second of a step that drafts nothing: one token for a one-token verification."""
+        return 1.0 / max(self.costs.verify(1) + self.costs.other(0), 1e-12)
+
     def choose(self, room: int) -> LengthChoice:
         self.steps += 1
         k_max = min(self.k_max, room)
         if self.steps == 1 or not self.costs.verify.points:  # explore: one full-length draft first
             self.search = self.search_on
             return LengthChoice(k_max, self.search_on, self.tree_limits)
+        probe = self.steps % self.probe_every == 0
         plans = {False: self._plan(self._alphas(False), False, k_max)}
         if self.search_on:
             plans[True] = self._plan(self._alphas(True), True, k_max)
         search = self.search_on
         if self.adaptive:
-            search = plans[True][2] >= plans[False][2] or self.steps % self.probe_every == 0
-        k, tokens, _ = plans[search]
+            search = plans[True][2] >= plans[False][2] or probe
+        k, tokens, rate = plans[search]
         self.search = search
+        if rate < self.plain_step_rate() and not probe:  # no draft pays here: a plain step, drafting again to probe
+            return LengthChoice(0, search, SINGLE_PATH, 1.0)
         return LengthChoice(k, search, self.tree_limits, tokens)
 
     def tree_branches(self, drafted: int, values: Sequence[float]) -> tuple[int, float]:

@@ -55,7 +55,8 @@ def test_greedy_equality_on_heldout_prompts(engine, prompts):
         out = engine.generate(prompt, max_new_tokens=48)
         assert out.token_ids == reference[0, ids.shape[1]:].tolist()  # EOS included, as generate writes it
         assert engine.generate(prompt, max_new_tokens=48, mode="ar-drafter").token_ids == out.token_ids
-        steps, accepted = steps + out.stats.steps, accepted + out.stats.accepted_tokens
+        drafting = sum(1 for k in out.stats.draft_lengths if k > 0)  # the others are plain one-token steps
+        steps, accepted = steps + drafting, accepted + out.stats.accepted_tokens
     assert accepted / steps > 1.0  # the aligned drafter is far better than chance
 
 

@@ -242,3 +242,23 @@ def test_the_cost_policy_adds_tree_nodes_while_verification_stays_flat():
     nodes, predicted = policy.tree_branches(3, values)
     assert nodes == rates.index(max(rates)) == 4
     assert predicted == pytest.approx(path + 4 * 0.3)
+
+
+def test_the_cost_policy_takes_plain_steps_where_no_draft_pays_and_probes_now_and_then():
+    """Drafting costs 3 s whatever its length and nothing is ever accepted: a plain step (1 token for a 1 s
+    verification) earns more, so the policy drafts only on its probe steps; once drafts are accepted it drafts."""
+    costs = MachineCosts.empty()
+    for size, seconds in {1: 1.0, 9: 1.2}.items():
+        costs.verify.observe(size, seconds)
+    policy = CostAwarePolicy(costs, "test", k_min=1, k_max=8, search=False, adaptive_search=False, probe_every=4)
+    policy.draft_cost.observe(1, 3.0)
+    policy.draft_cost.observe(8, 3.0)
+    assert policy.choose(room=100).k == 8  # the first step explores
+    for _ in range(30):
+        policy.observe(StepFeedback(drafted=8, accepted=0, generated=8))
+    ks = [policy.choose(room=100).k for _ in range(8)]
+    assert ks == [0, 0, 1, 0, 0, 0, 1, 0]  # steps 2..9: a draft on the 4th and 8th (probes), else plain steps
+    assert policy.plain_step_rate() == pytest.approx(1.0)
+    for _ in range(30):
+        policy.observe(StepFeedback(drafted=8, accepted=8, generated=8))
+    assert policy.choose(room=100).k == 8  # every draft accepted: 9 tokens for 4.2 s beats 1 for 1 s
