@@ -205,7 +205,8 @@ def llamacpp_methods(gguf: str | Path, *, threads: int, context: int, eos_token_
     numeric path than the target's, so its output is not checked (the benchmark reports how often it agrees with
     ``ar``)."""
     try:
-        from llama_cpp import Llama, LlamaPromptLookupDecoding
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
     except ModuleNotFoundError:
         raise DiffuSpecError('the llama.cpp rows need llama-cpp-python: pip install "diffuspec[llamacpp]" (it builds '
                              "llama.cpp from source, about 11 minutes on 2 cores), or leave out --llamacpp") from None
