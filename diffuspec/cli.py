@@ -300,8 +300,9 @@ def _bench(args: argparse.Namespace) -> None:
     if args.llamacpp:
         gguf = target_gguf(args.target) if args.llamacpp == "target" else args.llamacpp
         longest = max(len(p.token_ids(engine.tokenizer)) for p in prompts)
-        core |= llamacpp_methods(gguf, threads=torch.get_num_threads(), context=longest + args.max_new_tokens
-                                 + 16, eos_token_ids=sorted(engine.eos_token_ids), vocab_size=engine.vocab_size)
+        context = longest + args.max_new_tokens + 64  # room for prompt lookup's drafts past the last token
+        core |= llamacpp_methods(gguf, threads=torch.get_num_threads(), context=context,
+                                 eos_token_ids=sorted(engine.eos_token_ids), vocab_size=engine.vocab_size)
     methods |= core
     chosen = args.methods or [*core, *(sweep_methods(engine) if args.sweep else {})]
     unknown = set(chosen) - set(methods)
