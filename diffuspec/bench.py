@@ -214,7 +214,9 @@ def llamacpp_methods(gguf: str | Path, *, threads: int, context: int, eos_token_
         raise DiffuSpecError(f"--llamacpp {gguf}: no such GGUF file")
     settings = dict(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=context, verbose=False)
     models = {"llamacpp-ar": Llama(**settings),
-              "llamacpp-prompt-lookup": Llama(**settings, draft_model=LlamaPromptLookupDecoding(
+              # logits_all given explicitly: llama-cpp-python sizes its logits buffer from the argument, not
+              # from the draft model's need for every row's logits, and overflows past n_batch tokens otherwise
+              "llamacpp-prompt-lookup": Llama(**settings, logits_all=True, draft_model=LlamaPromptLookupDecoding(
                   max_ngram_size=2, num_pred_tokens=10))}
     if models["llamacpp-ar"].n_vocab() != vocab_size:
         raise DiffuSpecError(f"--llamacpp {gguf} has {models['llamacpp-ar'].n_vocab()} tokens and the target "
