@@ -12,6 +12,8 @@ and compacted by ``tree.py`` instead). Committed ids live in one preallocated bu
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +31,22 @@ from .verification import SamplingParams, greedy_accept, gumbel_accept, position
 CALIBRATION_SIZES = (1, 2, 3, 5, 9, 17, 33)  # verified tokens timed once per engine (the cost curve's knots)
 
 
-def _verify(target: PreTrainedModel, cache, feed: torch.Tensor,
-            hidden_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _verify(target: PreTrainedModel, cache, feed: torch.Tensor, hidden_layers: tuple[int, ...] = (),
+            **options: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits [len(feed), V] and, when ``hidden_layers`` are asked for, the hidden states at those layers
-    concatenated ([len(feed), len(hidden_layers) * hidden]; None otherwise)."""
+    concatenated ([len(feed), len(hidden_layers) * hidden]; None otherwise). ``options`` go to the forward."""
     if not hidden_layers:
-        return target(input_ids=feed[None], use_cache=True, **cache_kwargs(target, cache)).logits[0], None
+        return target(input_ids=feed[None], use_cache=True, **cache_kwargs(target, cache), **options).logits[0], None
     out = target(input_ids=feed[None], use_cache=True, output_hidden_states=list(hidden_layers),
-                 **cache_kwargs(target, cache))
+                 **cache_kwargs(target, cache), **options)
     return out.logits[0], torch.cat([out.hidden_states[i][0] for i in hidden_layers], dim=-1)
+
+
+@functools.cache
+def _prefill_options(forward_owner: type) -> dict:
+    """The prefill's logits are never read: only the last position's is computed where the model allows (with a
+    262k-token head, the whole prompt's logits cost more than the rest of the pass)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(forward_owner.forward).parameters else {}
 
 
 def calibrate_verification(target: PreTrainedModel, cache, last: torch.Tensor, costs: MachineCosts,
@@ -97,7 +106,7 @@ def prefill(state: DecodeState) -> None:
     state.cache = cache = new_cache(target)
     start = state.clock()
     if n > 1:  # the cache holds all committed tokens but the last
-        _, hidden = _verify(target, cache, state.ids[: n - 1], layers)
+        _, hidden = _verify(target, cache, state.ids[: n - 1], layers, **_prefill_options(type(target)))
         if layers:
             state.proposer.observe_hidden_states(hidden)
         rollback(cache, 0)  # sliding layers keep only their window of the prompt

@@ -241,3 +241,17 @@ def test_slow_async_consumer_sees_each_steps_own_figures(targets, drafter, token
     for _, new_tokens, committed in seen:
         running += committed
         assert new_tokens == running
+
+
+def test_the_prefill_computes_only_the_logits_it_reads(targets, tokenizer):
+    """The prompt's pass keeps the last position's logits only (the rest are never read; with a 262k-token head
+    they would cost more than the rest of the pass); every later pass scores every position it verifies."""
+    target = targets["llama"]
+    rows = []
+    hook = target.get_output_embeddings().register_forward_hook(lambda module, args, out: rows.append(out.shape[1]))
+    try:
+        ids = tokenizer(PROMPTS[0])["input_ids"]
+        out = DiffuSpec(target, None, tokenizer, DiffuSpecConfig(mode="ar")).generate(ids, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert len(ids) > 2 and rows == [1, 1, 1, 1] and out.token_ids == hf_greedy(target, ids, 3)
