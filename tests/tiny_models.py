@@ -83,7 +83,7 @@ def make_diffusion_drafter(vocab_size: int, seed: int = 1) -> Gemma3ForCausalLM:
     return _init(Gemma3ForCausalLM(config), seed, scale=0.3)
 
 
-def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int, eos: int = EOS) -> list[int]:
+def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int, eos: int | list[int] = EOS) -> list[int]:
     """The reference: the target's own greedy decoding in transformers."""
     input_ids = torch.tensor([prompt_ids])
     out = target.generate(
