@@ -1,13 +1,3 @@
 """The engine tests' fixtures (defined with the helpers in tiny_models.py)."""
 
-import pytest
 from tiny_models import drafter, targets, tokenizer  # noqa: F401  (pytest finds fixtures by name here)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def private_cost_memory(tmp_path_factory):
-    """Engines remember their measured costs in a folder of this session, never in the user's cache (the
-    converted GGUF cache stays where it is: the slow tests load the real model from it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DIFFUSPEC_COSTS", str(tmp_path_factory.mktemp("costs")))
-        yield

@@ -45,6 +45,12 @@ class LiveServer:
                     return float(value)
         return 0.0
 
+    def openai_client(self):
+        """An ``openai`` client of this server (no retries: a failure shows at once)."""
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key="none", max_retries=0, timeout=WAIT * 5)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(WAIT)

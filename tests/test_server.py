@@ -41,7 +41,7 @@ def server(engine):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=WAIT * 5)
+    return server.openai_client()
 
 
 def test_models_lists_the_served_model(client, engine):

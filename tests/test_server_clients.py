@@ -4,7 +4,6 @@ what the ``openai`` client gets for the same messages, so a client that sent som
 
 from __future__ import annotations
 
-import openai
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -37,7 +36,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=WAIT * 5)
+    return server.openai_client()
 
 
 def test_an_lcel_rag_chain_on_chat_openai(server, client):
