@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import DiffuSpecConfig
 from .errors import DiffuSpecError
-from .load_arguments import LOAD_ALIASES, LOAD_ARGUMENT_NAMES
+from .load_arguments import LOAD_ALIASES, LOAD_ARGUMENT_NAMES, checked_choice
 from .params import GenerationParams
 
 # per-call overrides; max_tokens and stop_sequences as OpenAI/LangChain and Hugging Face/Anthropic spell them
@@ -77,7 +77,7 @@ def load_arguments(model_kwargs: Mapping[str, Any] | None = None, **explicit: An
                 f"{', '.join(LOAD_ARGUMENT_NAMES)}. For anything else load the models yourself and pass "
                 "engine=DiffuSpec(target, drafter, tokenizer)"
             )
-        merged[key] = value
+        merged[key] = checked_choice(key, value)
     for key, value in explicit.items():
         if value is None:
             continue
@@ -85,7 +85,7 @@ def load_arguments(model_kwargs: Mapping[str, Any] | None = None, **explicit: An
             raise DiffuSpecError(
                 f"{key} is given twice ({key}={value!r} and model_kwargs[{key!r}]={merged[key]!r}): pass it once"
             )
-        merged[key] = value
+        merged[key] = checked_choice(key, value)
     return merged
 
 

@@ -38,6 +38,7 @@ LOAD_ARGUMENTS: tuple[LoadArgument, ...] = (
                  switch=True),
 )
 LOAD_ARGUMENT_NAMES = tuple(argument.name for argument in LOAD_ARGUMENTS)
+_CHOICES = {argument.name: argument.choices for argument in LOAD_ARGUMENTS if argument.choices}
 LOAD_ALIASES = {"torch_dtype": "dtype"}  # transformers' older spelling
 
 
@@ -52,8 +53,17 @@ def checked_load_arguments(owner: str, given: Mapping[str, Any]) -> dict[str, An
         if name in checked:
             spellings = " and ".join(sorted(k for k in given if LOAD_ALIASES.get(k, k) == name))
             raise DiffuSpecError(f"{owner} got {spellings}: they are one argument, pass one")
-        checked[name] = value
+        checked[name] = checked_choice(name, value)
     return checked
+
+
+def checked_choice(name: str, value: Any) -> Any:
+    """``value`` of the loading argument ``name``, refused now (before anything loads) where the argument takes
+    only some values and this is none of them (None: not given)."""
+    choices = _CHOICES.get(name)
+    if choices and value is not None and value not in choices:
+        raise DiffuSpecError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
 
 
 def add_load_options(parser: argparse.ArgumentParser) -> None:

@@ -41,3 +41,13 @@ def test_precision_option_takes_its_choices_only(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "int4"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_value_outside_an_arguments_choices_is_refused_before_loading():
+    from diffuspec.integration import load_arguments
+
+    for check in (lambda: checked_load_arguments("from_pretrained", {"precision": "int4"}),
+                  lambda: load_arguments({"precision": "int4"}), lambda: load_arguments(None, precision="int4")):
+        with pytest.raises(DiffuSpecError, match="precision='int4' is not one of 'auto', 'none', 'float32', 'int8'"):
+            check()
+    assert checked_load_arguments("from_pretrained", {"precision": "int8"}) == {"precision": "int8"}
