@@ -62,7 +62,7 @@ def checked_choice(name: str, value: Any) -> Any:
     only some values and this is none of them (None: not given)."""
     choices = _CHOICES.get(name)
     if choices and value is not None and value not in choices:
-        raise DiffuSpecError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+        raise DiffuSpecError(f"unknown {name} {value!r}: use one of {', '.join(map(repr, choices))}")
     return value
 
 

@@ -48,6 +48,6 @@ def test_a_value_outside_an_arguments_choices_is_refused_before_loading():
 
     for check in (lambda: checked_load_arguments("from_pretrained", {"precision": "int4"}),
                   lambda: load_arguments({"precision": "int4"}), lambda: load_arguments(None, precision="int4")):
-        with pytest.raises(DiffuSpecError, match="precision='int4' is not one of 'auto', 'none', 'float32', 'int8'"):
+        with pytest.raises(DiffuSpecError, match="unknown precision 'int4': use one of 'auto', 'none', 'float32', 'int8'"):
             check()
     assert checked_load_arguments("from_pretrained", {"precision": "int8"}) == {"precision": "int8"}
