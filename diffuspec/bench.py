@@ -129,8 +129,8 @@ def transformers_runner(engine: DiffuSpec, target: torch.nn.Module | None = None
 def core_methods(engine: DiffuSpec, fixed_k: int = 8) -> dict[str, Runner]:
     """What a user would run instead (transformers' generate, its prompt lookup and assisted generation), the
     AR reference, our prompt lookup and AR drafter, the engine as configured (``diffuspec``) and one ablation
-    each: no CPS, the paper's ADL instead of the cost policy, a fixed draft length, and token trees switched on
-    (or off, when the configuration has them)."""
+    each: no CPS, prompt lookup first switched off (or on), the paper's ADL instead of the cost policy, a fixed
+    draft length, and token trees switched on (or off, when the configuration has them)."""
     methods: dict[str, Runner] = {GENERATE: transformers_runner(engine), "ar": engine_runner(engine, "ar")}
     if "ar-drafter" in engine.modes:
         methods["ar-drafter"] = engine_runner(engine, "ar-drafter")
@@ -141,6 +141,9 @@ def core_methods(engine: DiffuSpec, fixed_k: int = 8) -> dict[str, Runner]:
     if "diffuspec" in engine.modes:
         methods["diffuspec"] = engine_runner(engine, "diffuspec")
         methods["diffuspec-no-cps"] = engine_runner(engine.with_config(cps=False), "diffuspec")
+        lookup_first = engine.config.prompt_lookup_first
+        methods["diffuspec-no-lookup" if lookup_first else "diffuspec-lookup-first"] = engine_runner(
+            engine.with_config(prompt_lookup_first=not lookup_first), "diffuspec")
         methods["diffuspec-adl"] = engine_runner(engine.with_config(length_policy="adl", draft_length=None), "diffuspec")
         methods[f"diffuspec-k{fixed_k}"] = engine_runner(engine.with_config(draft_length=fixed_k), "diffuspec")
         if engine.token_trees and engine.config.draft_paths > 1:

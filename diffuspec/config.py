@@ -62,6 +62,9 @@ class DiffuSpecConfig:
     # "proposal" samples the draft from the drafter's marginals and applies the Leviathan min(1, p/q) rule.
     draft_sampling: str = "point-mass"
     prompt_lookup_max_ngram: int = 3
+    # Mode "diffuspec": draft by prompt lookup where the context's last n-gram occurred before, and with the
+    # diffusion drafter elsewhere (each with its own length policy).
+    prompt_lookup_first: bool = True
     # Modes "dlm" and "spiffy" (the diffusion model decoded on its own): block length, steps per block,
     # prefix cache and Spiffy's draft graph; None: DLMSettings() defaults.
     dlm: DLMSettings | None = None

@@ -35,7 +35,7 @@ from .pairing import check_pair_model, context_window, eos_token_ids, resolve_lo
 from .params import GenerationParams
 from .path_search import CorpusNGram, NGramProxy, PathSearch
 from .precision import target_precision
-from .proposers import DraftProposer, Proposer, TargetOnly
+from .proposers import DraftProposer, LookupFirst, Proposer, TargetOnly
 from .scheduler import Decoding, Request, Scheduler
 from .tree import SINGLE_PATH, TreeLimits, supports_tree
 from .verification import SamplingParams
@@ -417,12 +417,19 @@ class DiffuSpec:
             return TargetOnly()
         cfg = self.config
         proposal_sampling = sampling if not sampling.greedy and cfg.draft_sampling == "proposal" else None
-        return DraftProposer(
-            make_drafter(), self._length_policy(mode, sampling), self._path_search,
-            NGramProxy(self.vocab_size, cfg.ngram_order, self._cps_ngram, cfg.cps_corpus_weight),
-            vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids, prompt_ids=prompt_ids,
-            draft_sampling=proposal_sampling, generator=generator,
-        )
+
+        def proposer(kind: str, drafter: Drafter, draft_sampling: SamplingParams | None) -> DraftProposer:
+            return DraftProposer(
+                drafter, self._length_policy(kind, sampling), self._path_search,
+                NGramProxy(self.vocab_size, cfg.ngram_order, self._cps_ngram, cfg.cps_corpus_weight),
+                vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids, prompt_ids=prompt_ids,
+                draft_sampling=draft_sampling, generator=generator,
+            )
+
+        drafting = proposer(mode, make_drafter(), proposal_sampling)
+        if mode == "diffuspec" and cfg.prompt_lookup_first:
+            return LookupFirst(proposer("prompt-lookup", self._drafters["prompt-lookup"](), None), drafting)
+        return drafting
 
 
 class _SavingCosts:

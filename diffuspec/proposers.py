@@ -159,6 +159,7 @@ class DraftProposer(Proposer):
         if self._last is None:
             return
         paths, tree, argmax, generated, draft_s, search_s = self._last
+        self._last = None
         # what the target's tokens say of other paths, read off the one that carried the accepted branch
         verified, a, token = paths[outcome.rank], outcome.accepted, outcome.next_token
         match = argmax_match(argmax, verified, a, token) if argmax is not None else None
@@ -171,3 +172,32 @@ class DraftProposer(Proposer):
 
     def close(self) -> None:
         self.drafter.reset()
+
+
+class LookupFirst(Proposer):
+    """Prompt lookup where the context's last n-gram occurred before, the model drafter elsewhere, each sized
+    by its own length policy: a lookup match copies text the context already holds (a quote, a name, code being
+    edited) and is accepted far more often than a model's guess, so one acceptance estimate for both would
+    misjudge each."""
+
+    def __init__(self, lookup: DraftProposer, model: DraftProposer) -> None:
+        self.lookup, self.model = lookup, model
+        self.hidden_layers = model.hidden_layers
+
+    def propose(self, context: torch.Tensor, room: int) -> Proposal:
+        if self.lookup.drafter.propose(context, 1).tokens.numel():
+            proposal = self.lookup.propose(context, room)
+            if proposal.tokens.numel():
+                return proposal
+        return self.model.propose(context, room)
+
+    def observe_hidden_states(self, states: torch.Tensor) -> None:
+        self.model.observe_hidden_states(states)
+
+    def observe(self, outcome: Outcome) -> None:
+        self.lookup.observe(outcome)  # only the one that proposed learns from the outcome; both see the tokens
+        self.model.observe(outcome)
+
+    def close(self) -> None:
+        self.lookup.close()
+        self.model.close()

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from .aio import Outbox
 from .errors import DiffuSpecError, EngineClosed, EngineOverloaded
 from .events import StepEvent
+from .openmp import release_idle_threads
 
 _ids = itertools.count(1)
 logger = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class Scheduler:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="diffuspec-scheduler", daemon=True)
                 self._worker.start()
+        if threading.current_thread() is not self._worker:  # the submitter waits: its OpenMP team only slows the worker
+            release_idle_threads()
 
     def cancel(self, request: Request) -> None:
         with self._lock:

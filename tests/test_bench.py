@@ -30,8 +30,8 @@ def test_bench_runs_every_method_and_writes_reports(tmp_path, engine):
                             log=tmp_path / "runs.jsonl")
     rows = {r["method"]: r for r in results["methods"]}
     assert set(rows) == set(methods) >= {"ar", GENERATE, "ar-drafter", "hf-assisted", "hf-prompt-lookup",
-                                          "diffuspec", "diffuspec-no-cps", "diffuspec-adl", "diffuspec-k4",
-                                          "diffuspec-tree"}
+                                          "diffuspec", "diffuspec-no-cps", "diffuspec-no-lookup", "diffuspec-adl",
+                                          "diffuspec-k4", "diffuspec-tree"}
     assert rows["ar"]["speedup"] == pytest.approx(1.0) and rows[GENERATE]["speedup_vs_generate"] == pytest.approx(1.0)
     assert rows["ar"]["check"] == "reference" and rows["diffuspec"]["check"] == rows[GENERATE]["check"] == "= ar"
     assert rows["diffuspec"]["mat"] is not None and rows["hf-assisted"]["mat"] is None

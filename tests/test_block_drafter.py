@@ -68,7 +68,7 @@ def test_a_drafter_of_all_the_targets_layers_drafts_its_next_token(target, token
         layers = list(range(target.config.num_hidden_layers))
         model = block_drafter_from_target(target, layers, draft_ids=torch.arange(target.config.vocab_size),
                                           mask_token_id=MASK, block_size=4, carry_state=True)
-    engine = DiffuSpec(target, BlockDrafter(target, model), tokenizer, DiffuSpecConfig(cps=False, draft_length=4))
+    engine = DiffuSpec(target, BlockDrafter(target, model), tokenizer, DiffuSpecConfig(cps=False, draft_length=4, prompt_lookup_first=False))
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         out = engine.generate(ids, 40)
@@ -82,7 +82,7 @@ def test_a_drafter_of_all_the_targets_layers_drafts_its_next_token(target, token
 def test_output_is_the_targets_with_a_random_reduced_vocabulary_drafter(target, tokenizer, config):
     draft_ids = torch.arange(0, len(tokenizer), 2)  # half the tokens: most drafts are rejected somewhere
     engine = DiffuSpec(target, BlockDrafter(target, fresh_drafter(target, draft_ids)), tokenizer,
-                       DiffuSpecConfig(**config))
+                       DiffuSpecConfig(**config, prompt_lookup_first=False))
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         assert engine.generate(ids, 30).token_ids == hf_greedy(target, ids, 30)

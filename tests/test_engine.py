@@ -55,7 +55,8 @@ def test_corpus_ngram_proxy_stays_lossless_and_steers_the_path(targets, drafter,
     reference = hf_greedy(target, ids, 40)
     # A table counted on the target's own output: the proxy now knows where the text goes.
     table = CorpusNGram.count(torch.tensor([ids + reference]), len(tokenizer), order=4, start=len(ids), min_count=1)
-    config = DiffuSpecConfig(length_policy="adl")  # CPS on every step (the cost policy may switch it off)
+    # CPS on every step (the cost policy may switch it off), every draft the drafter's (no prompt lookup)
+    config = DiffuSpecConfig(length_policy="adl", prompt_lookup_first=False)
     plain = DiffuSpec(target, drafter, tokenizer, config)
     engine = DiffuSpec(target, drafter, tokenizer, config, cps_ngram=table)
     out = engine.generate(ids, max_new_tokens=40)
@@ -84,7 +85,7 @@ def test_every_mode_is_lossless(targets, drafter, tokenizer, mode):
 @pytest.mark.parametrize("options", [dict(drafter_prefix_cache=True), dict(denoising_steps=3)])
 def test_drafter_options_stay_lossless(targets, drafter, tokenizer, options):
     target = targets["qwen2"]
-    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(**options))
+    engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(**options, prompt_lookup_first=False))
     for prompt in PROMPTS:
         out = engine.generate(prompt, max_new_tokens=50)
         assert out.token_ids == hf_greedy(target, tokenizer(prompt)["input_ids"], 50)
@@ -106,7 +107,7 @@ def test_long_generation_with_many_rollbacks(targets, drafter, tokenizer):
 
 def test_always_agreeing_drafter_accepts_everything(targets, tokenizer):
     target = targets["llama"]
-    engine = DiffuSpec(target, ARDrafter(target), tokenizer, DiffuSpecConfig(draft_length=5))
+    engine = DiffuSpec(target, ARDrafter(target), tokenizer, DiffuSpecConfig(draft_length=5, prompt_lookup_first=False))
     ids = tokenizer(PROMPTS[1])["input_ids"]
     out = engine.generate(ids, max_new_tokens=30)
     assert out.token_ids == hf_greedy(target, ids, 30)
@@ -117,7 +118,8 @@ def test_always_agreeing_drafter_accepts_everything(targets, tokenizer):
 
 def test_never_agreeing_drafter_still_decodes(targets, tokenizer):
     target = targets["llama"]
-    engine = DiffuSpec(target, OffByOneDrafter(target, len(tokenizer)), tokenizer, DiffuSpecConfig(draft_length=4))
+    engine = DiffuSpec(target, OffByOneDrafter(target, len(tokenizer)), tokenizer,
+                       DiffuSpecConfig(draft_length=4, prompt_lookup_first=False))
     ids = tokenizer(PROMPTS[0])["input_ids"]
     out = engine.generate(ids, max_new_tokens=30)
     assert out.token_ids == hf_greedy(target, ids, 30)

@@ -60,7 +60,8 @@ def test_a_one_pass_drafter_equal_to_the_target_is_accepted_whole(tokenizer, pad
     prompt = tokenizer(PROMPT)["input_ids"]
     reference = hf_greedy(target, prompt, NEW_TOKENS)
     assert max(reference) < vocab  # the padded rows never win: the drafter's vocabulary holds every answer
-    engine = DiffuSpec(target, TargetAsOnePassDrafter(target, vocab), tokenizer, DiffuSpecConfig(**config))
+    engine = DiffuSpec(target, TargetAsOnePassDrafter(target, vocab), tokenizer,
+                       DiffuSpecConfig(**config, prompt_lookup_first=False))
     out = engine.generate(prompt, max_new_tokens=NEW_TOKENS)
     assert out.token_ids == reference
     assert accepted_whole(out.stats), (out.stats.draft_lengths, out.stats.accepted_lengths)

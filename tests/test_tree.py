@@ -260,7 +260,8 @@ def test_greedy_output_is_the_targets_own_for_any_tree(arch, targets, drafter, t
             config = DiffuSpecConfig(draft_paths=paths, tree_branches=branches, length_policy=policy)
             assert DiffuSpec(target, drafter, tokenizer, config).generate(prompt, max_new_tokens=48).token_ids == reference
         oracle = RunnerUpDrafter(len(prompt), reference, len(tokenizer))
-        config = DiffuSpecConfig(draft_paths=paths, tree_branches=branches, draft_length=6, cps_lambda=1.0)
+        config = DiffuSpecConfig(draft_paths=paths, tree_branches=branches, draft_length=6, cps_lambda=1.0,
+                                 prompt_lookup_first=False)
         out = DiffuSpec(target, oracle, tokenizer, config).generate(prompt, max_new_tokens=48)
         assert out.token_ids == reference
         mat[paths, branches] = out.stats.mean_accepted_tokens
