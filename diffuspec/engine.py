@@ -28,7 +28,7 @@ from .dlm import DLMSettings, dlm_steps, spiffy_steps
 from .drafters import Drafter, PromptLookupDrafter
 from .errors import DiffuSpecError
 from .events import Emitter, Generation, StepEvent
-from .length import ADLPolicy, CostAwarePolicy, FixedLength, LengthPolicy, MachineCosts
+from .length import ADLPolicy, CostAwarePolicy, FixedLength, LengthPolicy, MachineCosts, RecentAcceptance
 from .load_arguments import checked_load_arguments
 from .loop import DecodeState
 from .pairing import check_pair_model, context_window, eos_token_ids, resolve_logits_shift, resolve_mask_token, vocab_size
@@ -99,6 +99,7 @@ class DiffuSpec:
         self.precision = target_precision(target) or "none"  # the target's kernels (``precision.py``)
         self._costs_key = costs_key(target, drafter, self.device, ar_drafter=ar_drafter, precision=self.precision)
         self._costs = load_costs(self._costs_key) or MachineCosts.empty()
+        self._recent_acceptance: dict[str, RecentAcceptance] = {}  # per drafter kind, across requests
         self._saved_sizes = measured_sizes(self._costs)
         # a target whose cache or attention cannot take a tree verifies one path (tree.py says which)
         self.token_trees = supports_tree(target, new_cache(target)) and not getattr(drafter, "hidden_layers", None)
@@ -407,7 +408,8 @@ class DiffuSpec:
         if cfg.length_policy == "adl":
             return ADLPolicy(k_min=cfg.k_min, k_max=self._k_max, delta=cfg.adl_delta, rho=cfg.adl_rho, search=search,
                              tree_limits=tree_limits)
-        return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=self._k_max, search=search,
+        recent = self._recent_acceptance.setdefault(mode, RecentAcceptance(self._k_max))
+        return CostAwarePolicy(self._costs, mode, k_min=cfg.k_min, k_max=self._k_max, search=search, recent=recent,
                                adaptive_search=sampling.greedy, tree_limits=tree_limits)
 
     def _proposer(self, mode: str, prompt_ids: list[int], sampling: SamplingParams,

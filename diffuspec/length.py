@@ -124,6 +124,16 @@ class AcceptanceEstimate:
         self.accepted = [0.0] * length
         self.prior, self.prior_weight, self.decay = prior, prior_weight, decay
 
+    def copy(self) -> AcceptanceEstimate:
+        twin = AcceptanceEstimate(len(self.tried), self.prior, self.prior_weight, self.decay)
+        twin.tried, twin.accepted = list(self.tried), list(self.accepted)
+        return twin
+
+    @property
+    def known(self) -> bool:
+        """Whether anything has been observed."""
+        return any(self.tried)
+
     def observe(self, accepted: int, tried: int) -> None:
         for i in range(len(self.tried)):
             self.tried[i] *= self.decay
@@ -267,6 +277,15 @@ class ADLPolicy(LengthPolicy):
             self.state = adl_update(self.state, feedback.generated, feedback.accepted, **self.params)
 
 
+class RecentAcceptance:
+    """What one drafter's recent steps on an engine saw (searched and argmax paths), across requests: a new
+    request's cost policy starts from it instead of exploring with a full-length draft, which on a short answer
+    costs more than the whole answer gains (the estimates' decay keeps about the last twenty steps)."""
+
+    def __init__(self, k_max: int) -> None:
+        self.searched, self.argmax = AcceptanceEstimate(k_max), AcceptanceEstimate(k_max)
+
+
 class CostAwarePolicy(LengthPolicy):
     """Maximise expected tokens per second under the measured costs (module docstring).
 
@@ -278,13 +297,14 @@ class CostAwarePolicy(LengthPolicy):
 
     def __init__(self, costs: MachineCosts, kind: str, *, k_min: int, k_max: int, search: bool,
                  adaptive_search: bool, probe_every: int = 8,
-                 tree_limits: TreeLimits = SINGLE_PATH) -> None:
+                 tree_limits: TreeLimits = SINGLE_PATH, recent: RecentAcceptance | None = None) -> None:
         self.costs, self.k_min, self.k_max = costs, k_min, k_max
         self.draft_cost, self.search_cost = costs.drafting(kind)
         self.search_on = search
         self.adaptive = search and adaptive_search
-        self.searched = AcceptanceEstimate(k_max)
-        self.argmax = AcceptanceEstimate(k_max)
+        # this request's estimates start from what the engine's earlier steps of this drafter saw, and feed it
+        self.recent = recent if recent is not None else RecentAcceptance(k_max)
+        self.searched, self.argmax = self.recent.searched.copy(), self.recent.argmax.copy()
         self.tree_limits = tree_limits
         self.branch_realised = self.branch_predicted = 1.0  # decayed extra tokens of tree steps; prior c = 1
         self.branch_decay = 0.95
@@ -315,7 +335,7 @@ class CostAwarePolicy(LengthPolicy):
     def choose(self, room: int) -> LengthChoice:
         self.steps += 1
         k_max = min(self.k_max, room)
-        if self.steps == 1 or not self.costs.verify.points:  # explore: one full-length draft first
+        if not (self.searched.known or self.argmax.known) or not self.costs.verify.points:  # explore: a full draft
             self.search = self.search_on
             return LengthChoice(k_max, self.search_on, self.tree_limits)
         probe = self.steps % self.probe_every == 0
@@ -358,8 +378,12 @@ class CostAwarePolicy(LengthPolicy):
             self.branch_predicted = decay * self.branch_predicted + self.predicted_gain
         if feedback.search_seconds:
             self.search_cost.observe(d, feedback.search_seconds)
-            self.searched.observe(path_accepted, min(path_accepted + 1, d))
+            self._observe(True, path_accepted, min(path_accepted + 1, d))
             if feedback.argmax_match is not None:  # censored at what the target's tokens show (argmax_match)
-                self.argmax.observe(feedback.argmax_match, min(feedback.argmax_match + 1, d, a + 1))
+                self._observe(False, feedback.argmax_match, min(feedback.argmax_match + 1, d, a + 1))
         else:
-            self.argmax.observe(path_accepted, min(path_accepted + 1, d))
+            self._observe(False, path_accepted, min(path_accepted + 1, d))
+
+    def _observe(self, searched: bool, accepted: int, tried: int) -> None:
+        for estimate in (self.searched, self.recent.searched) if searched else (self.argmax, self.recent.argmax):
+            estimate.observe(accepted, tried)

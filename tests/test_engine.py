@@ -82,7 +82,7 @@ def test_every_mode_is_lossless(targets, drafter, tokenizer, mode):
         assert out.stats.steps == len(out.token_ids) and out.stats.drafted_tokens == 0
 
 
-@pytest.mark.parametrize("options", [dict(drafter_prefix_cache=True), dict(denoising_steps=3)])
+@pytest.mark.parametrize("options", [dict(drafter_prefix_cache=True), dict(denoising_steps=3, draft_length=4)])
 def test_drafter_options_stay_lossless(targets, drafter, tokenizer, options):
     target = targets["qwen2"]
     engine = DiffuSpec(target, drafter, tokenizer, DiffuSpecConfig(**options, prompt_lookup_first=False))

@@ -11,6 +11,7 @@ from diffuspec.length import (
     CostAwarePolicy,
     CostCurve,
     MachineCosts,
+    RecentAcceptance,
     StepFeedback,
     adl_update,
     argmax_match,
@@ -262,3 +263,32 @@ def test_the_cost_policy_takes_plain_steps_where_no_draft_pays_and_probes_now_an
     for _ in range(30):
         policy.observe(StepFeedback(drafted=8, accepted=8, generated=8))
     assert policy.choose(room=100).k == 8  # every draft accepted: 9 tokens for 4.2 s beats 1 for 1 s
+
+
+def test_a_new_request_starts_from_the_engines_recent_acceptance_instead_of_exploring():
+    """The same costs as above: a drafter nothing of which is accepted. The first request explores with a full
+    draft and learns; the next one, given the same ``RecentAcceptance``, takes a plain step at once, and one
+    with a memory of its own (another engine) explores again."""
+    costs = MachineCosts.empty()
+    for size, seconds in {1: 1.0, 9: 1.2}.items():
+        costs.verify.observe(size, seconds)
+    recent = RecentAcceptance(8)
+
+    def policy(memory: RecentAcceptance) -> CostAwarePolicy:
+        made = CostAwarePolicy(costs, "test", k_min=1, k_max=8, search=False, adaptive_search=False, recent=memory)
+        made.draft_cost.observe(1, 3.0)
+        made.draft_cost.observe(8, 3.0)
+        return made
+
+    first = policy(recent)
+    assert first.choose(room=100).k == 8
+    for _ in range(10):
+        first.observe(StepFeedback(drafted=8, accepted=0, generated=8))
+    assert recent.argmax.known and recent.argmax.alphas()[0] < 0.1
+    assert policy(recent).choose(room=100).k == 0
+    assert policy(RecentAcceptance(8)).choose(room=100).k == 8
+    # a request's own steps still decide: drafts accepted whole bring drafting back within the request
+    later = policy(recent)
+    for _ in range(30):
+        later.observe(StepFeedback(drafted=8, accepted=8, generated=8))
+    assert later.choose(room=100).k == 8
