@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .gguf import convert_gguf, gguf_path
 from .path_search import CorpusNGram
 from .precision import check_precision_device, checked_precision, prepare_target, resolved_precision
 from .presets import preset, registry_gemma
-from .tuning import apply_tuning, set_chat, template_text
+from .tuning import merge_tuning, set_chat, template_text, tuning_chat
 
 EMBEDDED_DIR = Path(__file__).parent / "demo"
 EMBEDDED = {role: EMBEDDED_DIR / role for role in ("target", "drafter", "ar_drafter")}
@@ -111,15 +112,16 @@ def _checked_path(path: str, role: str) -> str:
 
 
 @contextmanager
-def _loading(path: str, role: str, verbose: bool | None) -> Iterator[None]:
-    """Quiet (no "Loading weights" progress bars unless ``verbose`` or DIFFUSPEC_VERBOSE=1), with any failure of
+def _loading(path: str, role: str, verbose: bool | None, bars: bool = True) -> Iterator[None]:
+    """Quiet (no "Loading weights" progress bars unless ``verbose`` or DIFFUSPEC_VERBOSE=1; ``bars=False``: the
+    switch is left alone, for loads that show none and run beside one that may), with any failure of
     transformers, the hub or safetensors turned into one DiffuSpecError naming the path and the fix."""
     from transformers.utils import logging as hf_logging
 
     if verbose is None:
         verbose = os.environ.get("DIFFUSPEC_VERBOSE", "") not in ("", "0")
-    bars = hf_logging.is_progress_bar_enabled()
-    if not verbose:
+    bars = hf_logging.is_progress_bar_enabled() if bars else None
+    if not verbose and bars is not None:
         hf_logging.disable_progress_bar()
     try:
         yield
@@ -165,14 +167,14 @@ def _load_model(path: str, role: str, *, device: str, dtype, device_map, trust_r
     return model.eval()
 
 
-def _own_tokenizer(path: str, role: str, verbose: bool | None,
-                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
+def _own_tokenizer(path: str, role: str, verbose: bool | None, trust_remote_code: bool = False,
+                   bars: bool = True) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved with a model, or None where there is none: a local directory without tokenizer files
     (AutoTokenizer would otherwise build a near-empty default one from the config)."""
     local = Path(path).expanduser()
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
         return None
-    with _loading(path, f"{role}'s tokenizer", verbose):
+    with _loading(path, f"{role}'s tokenizer", verbose, bars):
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
@@ -235,18 +237,25 @@ def load_models(
              (("target", target), ("drafter", drafter), ("AR drafter", ar_drafter)) if path is not None}
     load = dict(device=device, dtype=dtype,
                 device_map=device_map, trust_remote_code=trust_remote_code, verbose=verbose)
-    tokenizer = _own_tokenizer(paths["target"], "target", verbose, trust_remote_code)
+    # the tokenizer (seconds of JSON for a 262k vocabulary) loads beside the model, its tuning and its kernels
+    with ThreadPoolExecutor(1, thread_name_prefix="diffuspec-tokenizer") as pool:
+        loading_tokenizer = pool.submit(_own_tokenizer, paths["target"], "target", verbose, trust_remote_code,
+                                        bars=False)
+        target_model = _load_model(paths["target"], "target", **load)
+        if tuning is not None:
+            with _loading(tuning, "tuning", verbose):
+                target_model = merge_tuning(target_model, tuning)
+                chat_template, end_of_turn = tuning_chat(tuning)
+        elif chat_template is not None:
+            chat_template = template_text(chat_template)
+        applied = resolved_precision(precision, target_model, chosen.precision if chosen is not None else None)
+        prepare_target(target_model, applied)  # after the tuning is merged: its linears are the ones swapped
+        tokenizer = loading_tokenizer.result()
     if tokenizer is None:
         raise DiffuSpecError(f"the target directory {target} has no tokenizer files: save the target's tokenizer "
                              "beside it (tokenizer.save_pretrained)")
-    target_model = _load_model(paths["target"], "target", **load)
-    if tuning is not None:
-        with _loading(tuning, "tuning", verbose):
-            target_model = apply_tuning(target_model, tokenizer, tuning)
-    elif chat_template is not None:
-        set_chat(target_model, tokenizer, template_text(chat_template), end_of_turn)
-    applied = resolved_precision(precision, target_model, chosen.precision if chosen is not None else None)
-    prepare_target(target_model, applied)  # after the tuning is merged: its linears are the ones swapped
+    if tuning is not None or chat_template is not None:
+        set_chat(target_model, tokenizer, chat_template, end_of_turn)
     drafters = {role: _pair(_load_model(path, role, **load), _own_tokenizer(path, role, verbose, trust_remote_code),
                             tokenizer)
                 for role, path in paths.items() if role != "target"}

@@ -55,10 +55,9 @@ def read_tuning(folder: str | Path) -> dict[str, Any]:
     return json.loads(spec_file.read_text())
 
 
-def apply_tuning(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 folder: str | Path) -> PreTrainedModel:
-    """``model`` with the tuning in ``folder`` merged in (a new module tree; the base's weights are changed in
-    place), ``tokenizer`` given its chat template and end-of-turn tokens."""
+def merge_tuning(model: PreTrainedModel, folder: str | Path) -> PreTrainedModel:
+    """``model`` with the tuning's adapter in ``folder`` merged in (a new module tree; the base's weights are
+    changed in place)."""
     folder = Path(folder)
     spec = read_tuning(folder)
     if spec.get("adapter"):
@@ -67,6 +66,12 @@ def apply_tuning(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         with warnings.catch_warnings():  # peft reads a property transformers deprecates; nothing for users to act on
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             model = PeftModel.from_pretrained(model, folder / spec["adapter"]).merge_and_unload()
-    template = template_text(spec["chat_template"], folder) if spec.get("chat_template") else None
-    set_chat(model, tokenizer, template, spec.get("end_of_turn", ()))
     return model.eval()
+
+
+def tuning_chat(folder: str | Path) -> tuple[str | None, list[str]]:
+    """The tuning's chat template (None: the tokenizer's own) and end-of-turn tokens, for ``set_chat``."""
+    folder = Path(folder)
+    spec = read_tuning(folder)
+    template = template_text(spec["chat_template"], folder) if spec.get("chat_template") else None
+    return template, list(spec.get("end_of_turn", ()))

@@ -3,7 +3,7 @@
 A LoRA adapter (peft) on every attention and MLP projection, trained on the synthesised conversations of
 ``chat_data`` rendered through a chat template with tools, the loss on the assistant's tokens only. The
 embedding (tied to the LM head in Gemma) stays frozen, so what the tuning learnt is a few MB: the adapter is
-what ships, merged into the base weights when the model is loaded (``apply_tuning``). Checkpointed: an
+what ships, merged into the base weights when the model is loaded (``merge_tuning``). Checkpointed: an
 interrupted run resumes from its last checkpoint with the same command.
 """
 
