@@ -11,7 +11,9 @@ read the whole file again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -95,8 +97,9 @@ def convert_gguf(file: Path, dtype: torch.dtype | None = None, sha256: str | Non
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the line above is the progress report
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' own GGUF bars ignore its progress switch
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
         # The weights are plain tensors now; without this, save_pretrained refuses a "gguf-quantized" model and
         # the saved config would ask for a quantizer at the next load.
         model.hf_quantizer = None
