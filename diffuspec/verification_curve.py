@@ -88,7 +88,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path, title: str) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     for name, curve in curves.items():
         sizes = sorted(curve)
-        axis.plot(sizes, [1000 * curve[s] for s in sizes], marker="o", label=name)
+        axis.plot(sizes, [1000 * curve[s] for s in sizes], marker="o", label="as loaded" if name == "none" else name)
     axis.set_xlabel("tokens verified in one pass")
     axis.set_ylabel("ms per pass (median)")
     axis.set_title(title)
@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({name: {str(k): v for k, v in by.items()} for name, by in samples.items()}))
     if args.plot:
-        plot(curves, args.plot, f"{Path(args.target).name}: one cached pass, {torch.get_num_threads()} threads")
+        kind = next(iter(targets.values())).config.model_type
+        plot(curves, args.plot, f"{kind}: one cached pass after {args.context} tokens, "
+                                f"{torch.get_num_threads()} threads")
         print(f"plot: {args.plot}")
 
 
