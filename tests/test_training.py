@@ -81,6 +81,23 @@ class _Copier(torch.nn.Module):
         return type("Output", (), {"logits": logits})
 
 
+def test_open_requests_come_after_the_other_prompts_as_plain_user_turns(chat_tokenizer):
+    """A recipe with open requests keeps every earlier prompt in place (so their cached rows are reused) and adds
+    seeded user turns, different in the held-out split, that stop at the end of the target's answer."""
+    from diffuspec.training.target_text import distillation_prompts
+
+    def prompts(requests: int, split: str = "train") -> list:
+        return distillation_prompts(chat_tokenizer, raw=4, chat=6, seed=0, split=split, corpus_bytes=1_000_000,
+                                    requests=requests)
+
+    plain, more = prompts(0), prompts(5)
+    assert more[: len(plain)] == plain and [kind for kind, _ in more[len(plain):]] == ["chat:open"] * 5
+    assert more == prompts(5)
+    assert prompts(5, "eval")[-5:] != more[-5:]
+    text = chat_tokenizer.decode(more[-1][1])
+    assert text.count("user") == 1 and "system" not in text  # one user turn, no system prompt
+
+
 def test_repeat_copy_accuracy_tells_a_copier_from_a_model_that_cannot_copy(chat_tokenizer):
     assert repeat_copy_accuracy(_Copier(len(chat_tokenizer)), chat_tokenizer) > 0.95
     model = build_ar_model(PRESETS["tiny"].target, chat_tokenizer, 128)  # random weights: no induction heads

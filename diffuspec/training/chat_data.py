@@ -591,3 +591,42 @@ def render(tokenizer, conversation: Conversation, *, prompt_only: bool = False, 
     return tokenizer.apply_chat_template(
         messages, tools=conversation.tools, add_generation_prompt=prompt_only, **extra, **kwargs
     )
+
+
+# ----- open requests: prompts only, for drafters that learn the target's own answers ---------------------------
+
+OPEN_REQUESTS = [
+    "Write a short story about {thing}.", "Write a poem about {topic}.", "Explain {topic} to a beginner.",
+    "What are the pros and cons of {topic}?", "Give me three tips for {activity}.",
+    "Describe a typical day of {person}.", "Compare {topic} and {other}.", "Write an email to {person} about {thing}.",
+    "Summarize this text in one sentence:\n{sentence}", "Translate into French: {sentence}",
+    "What is {n} times {m}? Show your steps.", "Pretend you are {person} and introduce yourself.",
+    "Write a product description for {thing}.", "List five facts about {topic}.",
+    "Why is {topic} important?", "Write a blog post about {activity}.",
+    "How would you explain {topic} to a child?", "Plan a weekend of {activity}.",
+]
+TOPICS = ["solar power", "remote work", "recycling", "electric cars", "the printing press", "vaccines", "volcanoes",
+          "the internet", "photosynthesis", "public libraries", "city parks", "coffee", "chess", "the moon",
+          "rainforests", "bicycles", "democracy", "music lessons", "online privacy", "trains", "honey bees",
+          "3D printing", "the water cycle", "museums", "social media", "space travel", "sleep", "bread baking"]
+ACTIVITIES = ["learning a language", "running a marathon", "saving money", "growing tomatoes", "moving to a new city",
+              "studying for exams", "starting a small business", "hiking in the mountains", "cooking for friends",
+              "learning to program", "taking better photos", "writing a novel", "camping", "painting"]
+PEOPLE = ["a baker", "a ship captain", "a nurse", "a museum guide", "a software engineer", "a farmer", "a teacher",
+          "a firefighter", "a librarian", "an astronaut", "a detective", "a chef", "a pilot", "a beekeeper"]
+
+
+def open_requests(facts: list[Fact], n: int, seed: int, split: str = "train") -> list[Conversation]:
+    """``n`` open requests (write, explain, compare, summarise, translate, plan...) as prompts without answers:
+    a drafter learns what the target itself answers. ``split="eval"`` uses the held-out modules' sentences and
+    its own seed."""
+    pool = [f for f in facts if heldout(f.module) == (split == "eval")]
+    rng = random.Random(seed + 7 * (split == "eval"))
+    out = []
+    for _ in range(n):
+        topic, other = rng.sample(TOPICS, 2)
+        ask = rng.choice(OPEN_REQUESTS).format(
+            thing=rng.choice(THINGS), topic=topic, other=other, activity=rng.choice(ACTIVITIES),
+            person=rng.choice(PEOPLE), sentence=rng.choice(pool).sentence, n=rng.randint(3, 99), m=rng.randint(3, 99))
+        out.append(Conversation("open", [{"role": "user", "content": ask}, _assistant("")]))
+    return out

@@ -31,11 +31,12 @@ def newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 def distillation_prompts(tokenizer: PreTrainedTokenizerBase, *, raw: int, chat: int, seed: int,
                          split: str = "train", prompt_max: int = 64, corpus_bytes: int = 2_000_000,
-                         ) -> list[tuple[str, list[int]]]:
+                         requests: int = 0) -> list[tuple[str, list[int]]]:
     """(kind, token ids) prompts: ``raw`` varied-length standard-library code and docstring prose (``train-demo``'s
     ``raw_prompts``; ``split="eval"`` cuts them from the held-out files) and ``chat`` synthesised conversations
-    (``chat_data``, that split) rendered with the tokenizer's chat template, when it has one."""
-    from .chat_data import render, stdlib_facts, synthesize
+    (``chat_data``, that split) rendered with the tokenizer's chat template, when it has one, then ``requests``
+    open requests (``chat_data.open_requests``: write, explain, compare...) through the same template."""
+    from .chat_data import open_requests, render, stdlib_facts, synthesize
     from .data import stdlib_corpus, token_stream
     from .demo import raw_prompts
 
@@ -54,6 +55,9 @@ def distillation_prompts(tokenizer: PreTrainedTokenizerBase, *, raw: int, chat: 
         conversations = synthesize(facts, chat, seed + 11 + (split == "eval"), split)
         prompts += [(f"chat:{c.kind}", list(render(tokenizer, c, prompt_only=True, tokenize=True, return_dict=False)))
                     for c in conversations]
+    if requests and tokenizer.chat_template:
+        prompts += [("chat:open", list(render(tokenizer, c, prompt_only=True, tokenize=True, return_dict=False)))
+                    for c in open_requests(facts, requests, seed, split)]
     return prompts
 
 
@@ -192,11 +196,13 @@ class TextRecipe:
     seed: int = 0
     raw_prompts: int = 768  # standard-library code and docstring prose
     chat_prompts: int = 768  # synthesised conversations through the target's chat template
+    request_prompts: int = 0  # open requests (write, explain, compare...) through the chat template
     prompt_max: int = 64  # raw prompts' longest length
     continuation: int = 64  # tokens the target writes per prompt (a chat answer may end sooner)
     context: int = 128  # prompt tokens kept per row
     eval_raw_prompts: int = 32  # held-out prompts (held-out files, held-out chat split)
     eval_chat_prompts: int = 32
+    eval_request_prompts: int = 0
     corpus_bytes: int = 2_000_000
     chunk: int = 32  # prompts per generation chunk (one checkpoint each)
 
@@ -213,10 +219,12 @@ def target_text(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rec
     """{"train": rows, "eval": held-out rows} of ``recipe``, with the states of ``layers``, cached under ``work``."""
     ends = end_token_ids(target, tokenizer)
     parts = {}
-    for split, raw, chat in (("eval", recipe.eval_raw_prompts, recipe.eval_chat_prompts),
-                             ("train", recipe.raw_prompts, recipe.chat_prompts)):
+    for split, raw, chat, requests in (
+            ("eval", recipe.eval_raw_prompts, recipe.eval_chat_prompts, recipe.eval_request_prompts),
+            ("train", recipe.raw_prompts, recipe.chat_prompts, recipe.request_prompts)):
         prompts = distillation_prompts(tokenizer, raw=raw, chat=chat, seed=recipe.seed, split=split,
-                                       prompt_max=recipe.prompt_max, corpus_bytes=recipe.corpus_bytes)
+                                       prompt_max=recipe.prompt_max, corpus_bytes=recipe.corpus_bytes,
+                                       requests=requests)
         log(f"      {split}: {len(prompts)} prompts")
         parts[split] = target_rows_cached(target, prompts, recipe.continuation, ends, work / split, layers=layers,
                                           context=recipe.context, chunk=recipe.chunk)
