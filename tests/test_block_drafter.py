@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import string
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from safetensors import safe_open
 from tiny_models import CONTEXT, EOS, MASK, PAD, _init, char_tokenizer, hf_greedy, make_target
 from transformers import AutoModel, Gemma3ForCausalLM, Gemma3TextConfig
 
-from diffuspec import DiffuSpec, DiffuSpecConfig
+from diffuspec import DiffuSpec, DiffuSpecConfig, DiffuSpecError
 from diffuspec.adapters import bound_drafter_factory
 from diffuspec.adapters.block_drafter import BlockDrafter, BlockDrafterModel, block_drafter_from_target
 from diffuspec.training.blocks import accepted_lengths, decayed_ce, make_batch, streak_objective
@@ -259,6 +260,9 @@ def test_train_drafter_end_to_end_and_resume(tmp_path, monkeypatch):
     lines = []
     train_drafter(target, tokenizer, out, recipe, target_name="tiny", log=lines.append)
     assert any("resumed at step 3" in line for line in lines)
+    # another recipe in the same work folder is refused, not silently resumed from the first one's weights
+    with pytest.raises(DiffuSpecError, match="another recipe or other data: delete it"):
+        train_drafter(target, tokenizer, out, replace(recipe, lr=1e-3), target_name="tiny", log=lines.append)
 
 
 # ----- token trees on a sliding-window target ----------------------------------------------------------------

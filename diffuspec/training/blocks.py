@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DiffuSpecError
 from .target_text import TargetRows
 
 
@@ -99,10 +100,11 @@ def mask_token_of(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def fit_resumable(model: torch.nn.Module, step_fn: Callable[[int], dict[str, torch.Tensor]], steps: int, lr: float, *,
                   generator: torch.Generator, checkpoint: Path | None = None, checkpoint_every: int = 25,
-                  log: Callable[[str], None] = print) -> dict[str, list[float]]:
+                  run: str = "", log: Callable[[str], None] = print) -> dict[str, list[float]]:
     """AdamW with warm-up and cosine decay; ``step_fn(step)`` draws its batch (from ``generator``) and returns
     {"loss": ..., other scalars to follow}. Model, optimiser, schedule, ``generator`` and the curves are saved to
-    ``checkpoint`` every ``checkpoint_every`` steps; a rerun resumes from there."""
+    ``checkpoint`` every ``checkpoint_every`` steps; a rerun of the same ``run`` (what identifies the training:
+    its recipe and data) resumes from there, and a checkpoint of another run is refused."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
@@ -112,6 +114,9 @@ def fit_resumable(model: torch.nn.Module, step_fn: Callable[[int], dict[str, tor
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        if state.get("run") != run:
+            raise DiffuSpecError(f"{checkpoint} holds a training with another recipe or other data: delete it to "
+                                 "train from the start, or give another work folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -137,6 +142,6 @@ def fit_resumable(model: torch.nn.Module, step_fn: Callable[[int], dict[str, tor
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "generator": generator.get_state(), "curves": curves,
-                        "step": done}, checkpoint)
+                        "step": done, "run": run}, checkpoint)
     model.eval()
     return curves

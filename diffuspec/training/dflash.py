@@ -132,7 +132,8 @@ def train_dflash(target_dir: str | Path, out_dir: str | Path, recipe: DFlashReci
 
     curves = fit_resumable(drafter, lambda step: {"loss": step_loss(step)}, recipe.steps, recipe.lr,
                            generator=generator, checkpoint=work / "dflash-checkpoint.pt",
-                           checkpoint_every=recipe.checkpoint_every)
+                           checkpoint_every=recipe.checkpoint_every,
+                           run=json.dumps([asdict(recipe), drafter.config.target_layer_ids, len(train)], default=str))
     losses = curves["loss"]
     trained = time.time()
 

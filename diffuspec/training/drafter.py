@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,8 +130,9 @@ def train_blocks(model: BlockDrafterModel, target: PreTrainedModel, rows: Target
         loss, expected, accepted = block_loss(block_log_probs(model, embed, head, batch, softcap), batch, index, recipe)
         return {"loss": loss, "expected_streak": expected, "accepted": accepted.float().mean()}
 
+    run = json.dumps([asdict(recipe), zlib.crc32(index.cpu().numpy().tobytes()), len(rows)], default=str)
     return fit_resumable(model, step, recipe.steps, recipe.lr, generator=generator, checkpoint=checkpoint,
-                         checkpoint_every=recipe.checkpoint_every, log=log)
+                         checkpoint_every=recipe.checkpoint_every, run=run, log=log)
 
 
 @torch.no_grad()
