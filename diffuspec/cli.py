@@ -173,7 +173,8 @@ def _tune_target(args: argparse.Namespace) -> None:
     print(f"saved to {args.out}: load it with DiffuSpec.from_pretrained(target, tuning={args.out!r})")
 
 
-TEXT_OPTIONS = ("raw_prompts", "chat_prompts", "request_prompts", "continuation", "seed")  # TextRecipe fields the commands expose
+# TextRecipe fields the commands expose
+TEXT_OPTIONS = ("raw_prompts", "chat_prompts", "request_prompts", "continuation", "seed")
 
 
 def _text_recipe(args: argparse.Namespace):
@@ -411,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--raw-prompts", type=int, help="code and prose prompts the target continues")
         command.add_argument("--chat-prompts", type=int,
                              help="chat prompts the target answers (when its tokenizer has a chat template)")
-        command.add_argument("--request-prompts", type=int,
-                             help="open requests (write, explain, compare...) the target answers (with a chat template)")
+        command.add_argument("--request-prompts", type=int, help="open requests (write, explain, compare...) "
+                             "the target answers (when its tokenizer has a chat template)")
         command.add_argument("--continuation", type=int, help="tokens the target writes per prompt")
         command.add_argument("--seed", type=int)
         command.add_argument("--steps", type=int)

@@ -15,9 +15,9 @@ token i is accepted given tokens 0..i-1 were, a draft of k tokens commits on ave
 and a step costs T(k) = draft(k) + search(k) + verify(k + 1) + other, each measured on the running machine
 (verification calibrated once per engine, then every term followed online). The policy drafts the k in
 [k_min, k_max] with the largest E(k) / T(k), or nothing (a plain one-token step, E = 1, T = verify(1) + other)
-when that earns more, drafting again every ``probe_every`` steps to follow the acceptance; under greedy decoding it also compares the path-search path with
-the drafter's argmax path (whose acceptance is known for free from every verification: see
-``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
+when that earns more, drafting again every ``probe_every`` steps to follow the acceptance. Under greedy
+decoding it also compares the path-search path with the drafter's argmax path (whose acceptance is known for
+free from every verification: see ``argmax_match``) and searches only while that pays. ADL ignores cost, which is why it over-drafts on a CPU
 where each verified token costs time.
 
 With ``draft_paths`` > 1 (``tree.py``) the policy also sizes the token tree, after drafting, once the

@@ -62,13 +62,12 @@ def row_exact_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     keys = visible_keys(attention_mask, q_length, kv_length, causal, batch)
     out = query.new_empty(batch, q_length, heads, value.shape[-1])
     threads = torch.get_num_threads()
-    # one query's attention is too small to share between threads: outside the main thread a parallel region
-    # per call cost six times the work itself (measured)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # one query's attention is too small to share: waking a thread team costs more
     try:
         for b in range(batch):
             for i, seen in enumerate(keys[b]):
-                one = query[b : b + 1, :, i].reshape(1, kv_heads, heads // kv_heads, dim)  # heads grouped on their kv head
+                # the query's heads grouped on their kv head, as transformers does for one query
+                one = query[b : b + 1, :, i].reshape(1, kv_heads, heads // kv_heads, dim)
                 k, v = (key[b : b + 1, :, seen], value[b : b + 1, :, seen])
                 out[b, i] = F.scaled_dot_product_attention(one, k, v, scale=scaling).reshape(heads, -1)
     finally:

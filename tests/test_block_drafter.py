@@ -69,7 +69,8 @@ def test_a_drafter_of_all_the_targets_layers_drafts_its_next_token(target, token
         layers = list(range(target.config.num_hidden_layers))
         model = block_drafter_from_target(target, layers, draft_ids=torch.arange(target.config.vocab_size),
                                           mask_token_id=MASK, block_size=4, carry_state=True)
-    engine = DiffuSpec(target, BlockDrafter(target, model), tokenizer, DiffuSpecConfig(cps=False, draft_length=4, prompt_lookup_first=False))
+    engine = DiffuSpec(target, BlockDrafter(target, model), tokenizer,
+                       DiffuSpecConfig(cps=False, draft_length=4, prompt_lookup_first=False))
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         out = engine.generate(ids, 40)

@@ -89,7 +89,7 @@ def test_lookup_first_is_lossless_and_drafts_what_the_model_drafter_cannot(targe
     reference = target.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=60)[0, len(prompt):].tolist()
     never = next(t for t in range(len(tokenizer)) if t not in reference and t not in prompt)
     runs = {first: DiffuSpec(target, FixedDrafter([never] * 4), tokenizer,
-                             DiffuSpecConfig(draft_length=4, prompt_lookup_first=first)).generate(prompt, max_new_tokens=60)
+                             DiffuSpecConfig(draft_length=4, prompt_lookup_first=first)).generate(prompt, 60)
             for first in (True, False)}
     assert runs[True].token_ids == runs[False].token_ids == reference
     assert runs[False].stats.accepted_tokens == 0
